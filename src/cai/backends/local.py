@@ -1,0 +1,415 @@
+"""Local backend: a transformers causal LM in this process.
+
+Generation is a plain KV-cache decode loop over a left-padded batch, with one addition that
+matters for Constitutional AI: a **prefix cache**. Every critique conversation starts with the same
+few-shot examples (hundreds of tokens), and every round re-sends the turns of the round before.
+Recomputing those is most of the cost on a CPU or a small GPU. So the backend keeps the KV cache of
+the sequences it has already run (LRU, bounded in bytes) and, for each new row, starts from the
+longest cached prefix of its tokens (what vLLM's automatic prefix caching does). A prefix shared by
+the whole batch and not yet cached is computed once, not once per row.
+
+Layout of a batch (one row per conversation, `.` = padding, masked out):
+
+    [ . . cached KV of row i (L_i) ][ . . . uncached tokens of row i (U_i) ][ generated ... ]
+      \\______ Lmax columns ______/  \\________ Umax columns ____________/
+
+Position ids count only real tokens (0, 1, 2, ... per row), so a row's KV is the same whatever its
+padding, and a cached row equals a recomputed one (tested).
+
+Run on its own: `python -m cai.backends.local MODEL_DIR "a question"`.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from cai.errors import InputError
+from cai.records import Conversation, Generation, GenerationParams, OptionScores
+
+
+@dataclass
+class BackendStats:
+    """Where the tokens and the time went, for progress bars and benchmarks."""
+
+    prompt_tokens: int = 0  # tokens of all prompts sent
+    cached_tokens: int = 0  # of those, tokens whose KV came from the prefix cache
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+
+@dataclass
+class _Entry:
+    tokens: torch.Tensor  # (T,) int64
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values, each (1, H, T, D)
+    nbytes: int = field(init=False)
+
+    def __post_init__(self):
+        self.nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+
+
+class PrefixCache:
+    """KV caches of token sequences already computed, found by longest common prefix.
+
+    The KV of the first n tokens of a sequence depends only on those n tokens (causal attention),
+    so an entry that shares n leading tokens with a new row gives that row n tokens for free.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[int, _Entry] = OrderedDict()
+        self.nbytes = 0
+        self._next_id = 0
+
+    def lookup(self, tokens: torch.Tensor, max_len: int) -> tuple[int, _Entry | None]:
+        """Longest cached prefix of `tokens`, at most `max_len` long."""
+        best_n, best_id = 0, None
+        for eid, e in self.entries.items():
+            n = min(len(e.tokens), len(tokens), max_len)
+            if n <= best_n:
+                continue
+            diff = (e.tokens[:n] != tokens[:n]).nonzero()
+            common = int(diff[0]) if len(diff) else n
+            if common > best_n:
+                best_n, best_id = common, eid
+        if best_id is None:
+            return 0, None
+        self.entries.move_to_end(best_id)  # recently used
+        return best_n, self.entries[best_id]
+
+    def insert(self, tokens: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        entry = _Entry(tokens, kv)
+        if entry.nbytes > self.max_bytes:
+            return
+        # An entry that is a prefix of the new one is now redundant.
+        for eid in [i for i, e in self.entries.items() if len(e.tokens) <= len(tokens) and torch.equal(e.tokens, tokens[: len(e.tokens)])]:
+            self.nbytes -= self.entries.pop(eid).nbytes
+        self.entries[self._next_id] = entry
+        self._next_id += 1
+        self.nbytes += entry.nbytes
+        while self.nbytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
+
+def _device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+class LocalBackend:
+    """transformers model + tokenizer, with batched KV-cache generation and a prefix cache."""
+
+    def __init__(self, model, tokenizer, *, name: str = "local", prefix_cache: bool = True, cache_gib: float = 2.0, batch_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        if tokenizer.chat_template is None:
+            raise InputError(f"{name}: the tokenizer has no chat template; cai needs one to build conversations")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = self._eos_ids()
+        # The prefix cache splices KV tensors of full-attention layers; models with sliding-window
+        # or recurrent layers run without it (outputs are the same, only slower).
+        text_config = model.config.get_text_config(decoder=True)
+        full_attention = all(t == "full_attention" for t in (getattr(text_config, "layer_types", None) or ["full_attention"]))
+        self.cache = PrefixCache(int(cache_gib * 2**30)) if (prefix_cache and full_attention) else None
+        self.stats = BackendStats()
+        self._seeds = random.Random(0)
+
+    @classmethod
+    def from_spec(cls, spec) -> "LocalBackend":
+        """Load from a local directory or a hub id (safetensors only; remote code only if allowed)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = _device(spec.device)
+        kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=_dtype(spec.dtype, device), use_safetensors=True, **kwargs)
+        except OSError as e:
+            raise InputError(f"models: cannot load model {spec.path!r}: {e}") from None
+        return cls(model.to(device), tokenizer, name=spec.path, prefix_cache=spec.prefix_cache, cache_gib=spec.prefix_cache_gib, batch_size=spec.batch_size)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+    # ------------------------------------------------------------ tokens
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+        return ids
+
+    def encode(self, conversation: Conversation) -> list[int]:
+        """Token ids of a conversation; an unfinished final assistant turn is continued."""
+        cont = conversation[-1]["role"] == "assistant"
+        text = self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------ prefill
+
+    def _warm_shared_prefix(self, rows: list[list[int]]) -> None:
+        """Compute the prefix all rows share once, so rows don't each recompute it."""
+        if self.cache is None or len(rows) < 2:
+            return
+        shortest = min(len(r) for r in rows) - 1
+        n = 0
+        while n < shortest and all(r[n] == rows[0][n] for r in rows):
+            n += 1
+        if n < 16:
+            return
+        prefix = torch.tensor(rows[0][:n])
+        have, _ = self.cache.lookup(prefix, n)
+        if have < n:
+            self._prefill([rows[0][:n]], [n - 1], logits_to_keep=1, store=True, count=False)
+
+    def _prefill(self, rows: list[list[int]], caps: list[int], logits_to_keep: int, store: bool = False, count: bool = True):
+        """Forward the uncached part of every row. Returns (logits, cache, mask, next positions).
+
+        rows: token ids per row; caps[i]: most tokens of row i that may come from the cache (the
+        tokens whose logits are needed must be recomputed).
+        """
+        B = len(rows)
+        tokens = [torch.tensor(r) for r in rows]
+        hits = [self.cache.lookup(t, cap) if self.cache is not None else (0, None) for t, cap in zip(tokens, caps)]
+        L = [n for n, _ in hits]
+        Lmax = max(L)
+        U = [len(r) - n for r, n in zip(rows, L)]
+        Umax = max(U)
+
+        # Cached part, left-padded: (B, H, Lmax, D) per layer.
+        cache_mask = torch.zeros(B, Lmax, dtype=torch.long)
+        past = None
+        if Lmax > 0:
+            past = []
+            ref = next(e for _, e in hits if e is not None).kv
+            for layer, (k0, v0) in enumerate(ref):
+                k = k0.new_zeros(B, k0.shape[1], Lmax, k0.shape[3])
+                v = v0.new_zeros(B, v0.shape[1], Lmax, v0.shape[3])
+                for i, (n, e) in enumerate(hits):
+                    if n:
+                        k[i, :, Lmax - n :] = e.kv[layer][0][0, :, :n]
+                        v[i, :, Lmax - n :] = e.kv[layer][1][0, :, :n]
+                past.append((k, v))
+            for i, n in enumerate(L):
+                cache_mask[i, Lmax - n :] = 1
+
+        # Uncached part, left-padded: (B, Umax).
+        ids = torch.full((B, Umax), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros(B, Umax, dtype=torch.long)
+        pos = torch.zeros(B, Umax, dtype=torch.long)
+        for i, (t, n, u) in enumerate(zip(tokens, L, U)):
+            ids[i, Umax - u :] = t[n:]
+            new_mask[i, Umax - u :] = 1
+            pos[i, Umax - u :] = torch.arange(n, n + u)
+
+        from transformers import DynamicCache
+
+        kv_cache = DynamicCache(ddp_cache_data=past) if past is not None else DynamicCache(config=self.model.config)
+        mask = torch.cat([cache_mask, new_mask], dim=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            cache=kv_cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        if count:
+            self.stats.prompt_tokens += sum(len(r) for r in rows)
+            self.stats.cached_tokens += sum(L)
+        if store:
+            for i in range(B):
+                self._store(out.cache, mask, i, tokens[i])
+        next_pos = torch.tensor([len(r) for r in rows])
+        return out.logits.float(), out.cache, mask, next_pos
+
+    def _store(self, kv_cache, mask: torch.Tensor, row: int, tokens: torch.Tensor) -> None:
+        """Keep row `row`'s KV (padding removed) under its tokens. `tokens` are the tokens fed so far."""
+        if self.cache is None:
+            return
+        idx = mask[row].nonzero().squeeze(1).to(self.device)
+        assert len(idx) == len(tokens), (len(idx), len(tokens))
+        kv = [(layer.keys[row : row + 1, :, idx].clone(), layer.values[row : row + 1, :, idx].clone()) for layer in kv_cache.layers]
+        self.cache.insert(tokens, kv)
+
+    # ------------------------------------------------------------ generate
+
+    @torch.inference_mode()
+    def generate(self, conversations: list[Conversation], params: GenerationParams, seeds: list[int] | None = None) -> list[Generation]:
+        if seeds is None:
+            seeds = [self._seeds.randrange(2**63) for _ in conversations]
+        rows = [self.encode(c) for c in conversations]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths batch together
+        out: list[Generation | None] = [None] * len(rows)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, g in zip(chunk, self._generate_batch([rows[i] for i in chunk], params, [seeds[i] for i in chunk])):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, rows: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[Generation]:
+        t0 = time.perf_counter()
+        self._warm_shared_prefix(rows)
+        logits, kv_cache, mask, pos = self._prefill(rows, [len(r) - 1 for r in rows], logits_to_keep=1)
+        t1 = time.perf_counter()
+        self.stats.prefill_s += t1 - t0
+
+        B = len(rows)
+        generators = [torch.Generator().manual_seed(s % 2**63) for s in seeds]
+        generated: list[list[int]] = [[] for _ in range(B)]
+        results: list[Generation | None] = [None] * B
+        active = list(range(B))  # original row index of each row still in the batch
+        fed = [torch.tensor(r) for r in rows]  # tokens whose KV is in the cache, per row
+        max_stop = max((len(s) for s in params.stop), default=0)
+
+        for step in range(params.max_new_tokens):
+            next_ids = _sample(logits[:, -1], params, [generators[i] for i in active])  # (b,)
+            keep = []
+            for j, i in enumerate(active):
+                tok = int(next_ids[j])
+                done_reason = None
+                if tok in self.eos_ids:
+                    done_reason = "stop"
+                else:
+                    generated[i].append(tok)
+                    if max_stop and _hits_stop(self.tokenizer, generated[i], params.stop, max_stop):
+                        done_reason = "stop"
+                    elif step == params.max_new_tokens - 1:
+                        done_reason = "length"
+                if done_reason is None:
+                    keep.append(j)
+                else:
+                    results[i] = self._finish(rows[i], generated[i], done_reason, params.stop)
+                    self._store(kv_cache, mask, j, fed[i])
+            if not keep:
+                break
+            if len(keep) < len(active):  # drop finished rows from the batch
+                kv_cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                mask, pos, next_ids = mask[keep], pos[keep], next_ids[keep]
+                active = [active[j] for j in keep]
+            for j, i in enumerate(active):
+                fed[i] = torch.cat([fed[i], next_ids[j : j + 1]])
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+            out = self.model(
+                input_ids=next_ids[:, None].to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=pos[:, None].to(self.device),
+                cache=kv_cache,
+                use_cache=True,
+            )
+            logits = out.logits.float()
+            pos = pos + 1
+        self.stats.decode_s += time.perf_counter() - t1
+        return results  # type: ignore[return-value]
+
+    def _finish(self, prompt: list[int], gen: list[int], reason: str, stop: tuple[str, ...]) -> Generation:
+        text = self.tokenizer.decode(gen, skip_special_tokens=True)
+        for s in stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        self.stats.completion_tokens += len(gen)
+        return Generation(text=text, prompt_tokens=len(prompt), completion_tokens=len(gen), finish_reason=reason)
+
+    # ------------------------------------------------------------ option log-probs
+
+    @torch.inference_mode()
+    def option_logprobs(self, conversations: list[Conversation], options: list[str]) -> list[OptionScores]:
+        """log p(option | conversation), summed over the option's tokens. One forward pass per batch."""
+        prompts = [self.encode(c) for c in conversations]
+        out: list[OptionScores] = []
+        per_batch = max(1, self.batch_size // len(options))
+        for start in range(0, len(prompts), per_batch):
+            out.extend(self._score_batch(prompts[start : start + per_batch], conversations[start : start + per_batch], options))
+        return out
+
+    def _option_ids(self, conversation: Conversation, prompt: list[int], option: str) -> list[int]:
+        # Tokenize in context: "...The answer is: (A)" may not split like " (A)" alone.
+        cont = conversation[-1]["role"] == "assistant"
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+        full = self.tokenizer(text + option, add_special_tokens=False)["input_ids"]
+        if full[: len(prompt)] == prompt and len(full) > len(prompt):
+            return full[len(prompt) :]
+        return self.tokenizer(option, add_special_tokens=False)["input_ids"]
+
+    def _score_batch(self, prompts: list[list[int]], conversations: list[Conversation], options: list[str]) -> list[OptionScores]:
+        self._warm_shared_prefix(prompts)
+        rows, caps, spans = [], [], []
+        for p, conv in zip(prompts, conversations):
+            for opt in options:
+                ids = self._option_ids(conv, p, opt)
+                rows.append(p + ids)
+                caps.append(len(p) - 1)  # the last prompt token's logits predict the first option token
+                spans.append(len(ids))
+        keep = max(spans) + 1
+        t0 = time.perf_counter()
+        logits, *_ = self._prefill(rows, caps, logits_to_keep=keep)  # (B*K, keep, V)
+        self.stats.prefill_s += time.perf_counter() - t0
+        logp = torch.log_softmax(logits, dim=-1)
+        scores = []
+        for r, (row, n) in enumerate(zip(rows, spans)):
+            # Row r ends with its n option tokens; position keep-1-n predicts the first of them.
+            target = torch.tensor(row[-n:], device=logp.device)
+            pred = logp[r, keep - 1 - n : keep - 1]  # (n, V)
+            scores.append(float(pred.gather(1, target[:, None]).sum()))
+        K = len(options)
+        return [
+            OptionScores(logprobs=tuple(scores[i * K : (i + 1) * K]), missing=(False,) * K) for i in range(len(prompts))
+        ]
+
+
+def _sample(logits: torch.Tensor, params: GenerationParams, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next token per row. (b, V) -> (b,). Greedy at temperature 0; else temperature + top-p."""
+    if params.temperature == 0:
+        return logits.argmax(-1).cpu()
+    probs = torch.softmax(logits / params.temperature, dim=-1).cpu()
+    if params.top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the smallest set with mass >= top_p
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
+
+
+def _hits_stop(tokenizer, gen: list[int], stop: tuple[str, ...], max_stop: int) -> bool:
+    # Decode only the tail: a stop string can only have just appeared at the end.
+    tail = tokenizer.decode(gen[-(max_stop + 8) :], skip_special_tokens=True)
+    return any(s in tail for s in stop)
+
+
+if __name__ == "__main__":  # python -m cai.backends.local MODEL_DIR "question"
+    from cai.config import LocalModel
+
+    backend = LocalBackend.from_spec(LocalModel(backend="local", path=sys.argv[1]))
+    print(backend.generate([[{"role": "user", "content": sys.argv[2]}]], GenerationParams(max_new_tokens=128))[0].text)

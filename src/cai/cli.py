@@ -1,0 +1,87 @@
+"""The `cai` command: one subcommand per stage.
+
+    cai critique CONFIG [--set KEY=VALUE ...] [--force]
+    cai constitution validate FILE
+    cai config keys                       every config key with its help text
+    cai config show CONFIG [--set ...]    the resolved config
+
+Exit codes: 0 done, 2 bad input (the message says what to fix), 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+import yaml
+
+from cai.errors import InputError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the run's YAML config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set critique.revisions=2 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI end to end.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("critique", help="SL-CAI: answer red-team prompts, critique and revise the answers")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+
+    p = sub.add_parser("constitution", help="work with constitution files")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    v = csub.add_parser("validate", help="load a constitution (cai YAML, llm-swarm JSON, CAI paper JSON) and count what it holds")
+    v.add_argument("file")
+
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    csub.add_parser("keys", help="every config key with its help text")
+    s = csub.add_parser("show", help="print the resolved config")
+    _config_args(s)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> None:
+    if args.command == "critique":
+        from cai.config import load_config
+        from cai.stages import critique
+
+        critique.run(load_config(args.config, args.overrides), force=args.force)
+    elif args.command == "constitution":
+        from cai.constitution import validate_file
+
+        print(f"{args.file}: OK: {validate_file(args.file)}")
+    elif args.command == "config" and args.action == "keys":
+        from cai.config import config_help
+
+        for key, help_text in config_help():
+            print(f"{key:32s} {help_text}")
+    elif args.command == "config" and args.action == "show":
+        from cai.config import load_config
+
+        print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False), end="")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run_command(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("cai failed (exit 1): the traceback above says where", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Typed run configuration: one YAML file per run.
+
+Every field has a help text. Unknown keys, wrong types and missing files are `InputError`s that
+name the file, the dotted key and the line. `--set key=value` overrides any key; the resolved
+config is saved as `<run_dir>/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cai.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- model specs
+
+
+class LocalModel(_Strict):
+    backend: Literal["local"] = Field(description="Run the model in this process with transformers.")
+    path: str = Field(description="A local model directory or a Hugging Face hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on a GPU that supports it, float32 on CPU."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    trust_remote_code: bool = Field(False, description="Run modelling code shipped with the model. Off unless you trust it.")
+    prefix_cache: bool = Field(
+        True, description="Reuse the KV cache of shared prefixes (few-shot examples, earlier turns). Outputs are unchanged."
+    )
+    prefix_cache_gib: float = Field(
+        2.0, ge=0, description="Memory for KV caches kept between calls, in GiB (least recently used dropped first)."
+    )
+    batch_size: int = Field(64, gt=0, description="Most sequences in one forward pass; bigger calls are split, sorted by length.")
+
+
+class OpenAIModel(_Strict):
+    backend: Literal["openai"] = Field(description="Any OpenAI-compatible chat server: vLLM, SGLang, TGI, Ollama, llama.cpp, hosted APIs.")
+    base_url: str = Field(description="Server URL up to /v1, e.g. http://localhost:8000/v1.")
+    model: str = Field(description="Model name the server expects.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself never goes in a config)."
+    )
+    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections before giving up.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request counts as timed out.")
+    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter.")
+    top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for when scoring answer options.")
+
+
+ModelSpec = Annotated[Union[LocalModel, OpenAIModel], Field(discriminator="backend")]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+class PromptSource(_Strict):
+    path: str = Field(description="File or directory holding the prompts.")
+    format: Literal["auto", "jsonl", "text", "csv", "parquet", "hf", "hh-rlhf"] = Field(
+        "auto", description="auto guesses from the name: .jsonl/.json, .txt, .csv, .parquet, a saved HF dataset directory, *.jsonl.gz with chosen/rejected = hh-rlhf."
+    )
+    field: str = Field("prompt", description="Column or JSON field holding the prompt text (jsonl, csv, parquet, hf).")
+    id_field: str | None = Field(None, description="Column holding a stable prompt id; default: a hash of the text.")
+    split: str | None = Field(None, description="Split of a saved HF DatasetDict.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N prompts (after dropping blanks and duplicates).")
+
+
+class Prompts(_Strict):
+    red_team: PromptSource | None = Field(None, description="Prompts meant to elicit harmful answers.")
+    helpful: PromptSource | None = Field(None, description="Ordinary requests, mixed into SFT and sampling so the model stays helpful.")
+
+
+class Models(_Strict):
+    policy: ModelSpec | None = Field(None, description="The model being aligned (it answers, critiques and revises its own answers).")
+
+
+# ---------------------------------------------------------------- stages
+
+
+class Critique(_Strict):
+    revisions: int = Field(1, ge=1, le=16, description="Critique-and-revision rounds per prompt (the paper uses up to 4).")
+    direct_revision: bool = Field(False, description="Skip the critique and ask for the revision directly (compared in the paper).")
+    max_new_tokens: int = Field(256, gt=0, description="Token budget of every generated turn.")
+    batch_size: int = Field(16, gt=0, description="Conversations per generate call.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings for every turn.")
+    few_shot: bool = Field(True, description="Put the constitution's few-shot critique conversations before each conversation.")
+
+
+STAGES = ("critique",)
+
+
+class Config(_Strict):
+    run_dir: str = Field(description="Directory that holds every output of the run.")
+    seed: int = Field(0, description="Seed for principle sampling, sampling and training.")
+    constitution: str = Field(description="Constitution file: cai YAML, llm-swarm JSON, or the CAI paper's JSON.")
+    prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
+    models: Models = Field(default_factory=Models, description="Model specs by role.")
+    critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
+
+    @field_validator("run_dir", "constitution")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Map dotted keys of a YAML mapping to 1-based line numbers, for error messages."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            lines[key] = k.start_mark.line + 1
+            lines.update(_key_lines(v, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            key = f"{prefix}{i}"
+            lines[key] = v.start_mark.line + 1
+            lines.update(_key_lines(v, key + "."))
+    return lines
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set critique.revisions=2")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict, parts: list[str], value: Any) -> None:
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Relative paths in a config are relative to the config file, like in every build tool."""
+
+    def fix(value: str) -> str:
+        p = Path(os.path.expanduser(value))
+        if p.is_absolute():
+            return str(p)
+        return str((base / p).resolve()) if (base / p).exists() else value
+
+    if isinstance(data.get("constitution"), str):
+        data["constitution"] = fix(data["constitution"])
+    for src in (data.get("prompts") or {}).values():
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            src["path"] = fix(src["path"])
+    for spec in (data.get("models") or {}).values():
+        if isinstance(spec, dict) and spec.get("backend") == "local" and isinstance(spec.get("path"), str):
+            spec["path"] = fix(spec["path"])
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read, override, validate. Raises InputError naming the file, dotted key and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    lines = _key_lines(node) if node is not None else {}
+    overridden: set[str] = set()
+    for item in overrides:
+        parts, value = _parse_override(item)
+        _apply_override(data, parts, value)
+        overridden.add(".".join(parts))
+    _resolve_paths(data, path.parent)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise InputError(_format_errors(path, e, lines, overridden)) from None
+    check_files(config, path)
+    return config
+
+
+def _format_errors(path: Path, err: ValidationError, lines: dict[str, int], overridden: set[str]) -> str:
+    out = [f"{path}: invalid config"]
+    for e in err.errors():
+        # pydantic puts the discriminator tag ("local"/"openai") in the location; drop it.
+        loc = [str(p) for p in e["loc"] if p not in ("local", "openai")]
+        key = ".".join(loc)
+        where = ""
+        for n in range(len(loc), 0, -1):
+            k = ".".join(loc[:n])
+            if k in overridden:
+                where = " (from --set)"
+                break
+            if k in lines:
+                where = f" (line {lines[k]})"
+                break
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"  {key}{where}: {msg}")
+    return "\n".join(out)
+
+
+def check_files(config: Config, path: Path) -> None:
+    """Files a config names must exist (hub ids for local models are allowed through)."""
+    if not Path(config.constitution).exists():
+        raise InputError(f"{path}: constitution: file not found: {config.constitution}")
+    for name in ("red_team", "helpful"):
+        src = getattr(config.prompts, name)
+        if src is not None and not Path(src.path).exists():
+            raise InputError(f"{path}: prompts.{name}.path: file not found: {src.path}")
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config (the API key is never in it: only the name of its variable)."""
+    from cai.store import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, help) for every field, for `cai config-help`."""
+    rows = []
+    for name, f in model.model_fields.items():
+        key = prefix + name
+        rows.append((key, f.description or ""))
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(config_help(ann, key + "."))
+    return rows

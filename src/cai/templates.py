@@ -1,0 +1,70 @@
+"""How records become conversations: the exact turns a model sees in every stage.
+
+These are pure functions, used by the stages *and* by the toy world's corpus, so the toy model
+is trained on exactly the conversation shapes the pipeline gives it.
+
+Critique (SL-CAI), one growing conversation per red-team prompt:
+
+    [few-shot critique conversations, flattened]
+    user:      <red-team prompt>
+    assistant: <initial answer>
+    user:      <principle.critique>      (skipped with direct revision)
+    assistant: <critique>
+    user:      <principle.revision>
+    assistant: <revision>                (then more rounds, each with a fresh principle)
+
+Preference question (RL-CAI), one per (pair, principle, order):
+
+    [few-shot choice conversations, flattened]
+    user:      Consider this conversation ... <instruction> Options: (A) ... (B) ...
+    assistant: The answer is:            (the model continues with " (A)" or " (B)")
+"""
+
+from __future__ import annotations
+
+from cai.records import Constitution, Conversation, Message, RLPrinciple, assistant, user
+
+OPTION_LABELS = ("A", "B")
+CHOICE_OPTIONS = (" (A)", " (B)")
+ANSWER_PREFIX = "The answer is:"
+
+
+def flatten(examples: tuple[tuple[Message, ...], ...]) -> Conversation:
+    """Few-shot conversations as one run of turns, the way llm-swarm's `system_chat` is used."""
+    return [dict(m) for conv in examples for m in conv]
+
+
+def critique_start(constitution: Constitution, prompt: str, few_shot: bool = True) -> Conversation:
+    """The conversation that asks for the initial answer to a red-team prompt."""
+    prefix = flatten(constitution.critique_examples) if few_shot else []
+    return prefix + [user(prompt)]
+
+
+def transcript(conversation: Conversation) -> str:
+    """A conversation as plain text, for quoting it inside a preference question."""
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in conversation)
+
+
+def choice_question(
+    constitution: Constitution,
+    principle: RLPrinciple,
+    context: Conversation,
+    response_a: str,
+    response_b: str,
+    few_shot: bool = True,
+) -> Conversation:
+    """A multiple-choice question: which of two assistant replies to `context` does `principle` prefer?
+
+    The final assistant turn is unfinished ("The answer is:"), so the next tokens are an option.
+    """
+    question = (
+        "Consider the following conversation between a human and an assistant:\n\n"
+        f"{transcript(context)}\n\n"
+        f"{principle.instruction}\n\n"
+        "Options:\n"
+        f"(A) {response_a}\n"
+        f"(B) {response_b}"
+    )
+    prefix = flatten(constitution.choice_examples) if few_shot else []
+    return prefix + [user(question), assistant(ANSWER_PREFIX)]

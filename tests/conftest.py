@@ -1,0 +1,22 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py, tests/openai_server.py
+
+ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def anchors() -> Path:
+    if not ANCHORS.is_dir():
+        pytest.fail(f"anchor data not found at {ANCHORS}: tests expect ../shared/anchors beside the repo")
+    return ANCHORS

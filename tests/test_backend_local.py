@@ -1,0 +1,123 @@
+"""The local backend: batched KV-cache generation, the prefix cache, option log-probs."""
+
+import pytest
+import torch
+
+from cai.backends.local import LocalBackend, PrefixCache
+from cai.config import LocalModel
+from cai.records import GenerationParams
+
+FEW_SHOT = [
+    {"role": "user", "content": "how do i make a bomb ? " * 8},
+    {"role": "assistant", "content": "here are steps first then finally " * 8},
+]
+QUESTIONS = ["how do i bake bread?", "fix bike", "hack password please now", "steal car", "write poem", "learn python ?"]
+
+
+def convs():
+    return [FEW_SHOT + [{"role": "user", "content": q}] for q in QUESTIONS]
+
+
+def load(path, **kw) -> LocalBackend:
+    return LocalBackend.from_spec(LocalModel(backend="local", path=str(path), **kw))
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir):
+    return load(tiny_model_dir), load(tiny_model_dir, prefix_cache=False)
+
+
+def hf_greedy(backend: LocalBackend, conv, n: int) -> str:
+    ids = torch.tensor([backend.encode(conv)])
+    out = backend.model.generate(
+        ids, max_new_tokens=n, do_sample=False, eos_token_id=backend.tokenizer.eos_token_id, pad_token_id=backend.tokenizer.pad_token_id
+    )
+    return backend.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_batched_greedy_equals_transformers_generate_one_by_one(backends):
+    cached, _ = backends
+    gens = cached.generate(convs(), GenerationParams(max_new_tokens=16))
+    assert [g.text for g in gens] == [hf_greedy(cached, c, 16) for c in convs()]
+    assert all(g.completion_tokens > 0 and g.finish_reason in ("stop", "length") for g in gens)
+
+
+def test_prefix_cache_reuses_shared_prefix_and_earlier_turns_with_identical_outputs(tiny_model_dir):
+    cached, plain = load(tiny_model_dir), load(tiny_model_dir, prefix_cache=False)
+    params = GenerationParams(max_new_tokens=12)
+    first_c, first_p = cached.generate(convs(), params), plain.generate(convs(), params)
+    assert [g.text for g in first_c] == [g.text for g in first_p]
+    # the few-shot prefix was computed once and reused by every row
+    assert cached.stats.cached_tokens >= (len(QUESTIONS) - 0) * 40
+    assert plain.stats.cached_tokens == 0
+    # round two: the earlier turns of each conversation come from the cache
+    second = [c + [{"role": "assistant", "content": g.text}, {"role": "user", "content": "critique request"}] for c, g in zip(convs(), first_c)]
+    before = cached.stats.cached_tokens
+    second_c, second_p = cached.generate(second, params), plain.generate(second, params)
+    assert [g.text for g in second_c] == [g.text for g in second_p]
+    reused = cached.stats.cached_tokens - before
+    prompt_tokens = sum(len(cached.encode(c)) for c in second)
+    assert reused / prompt_tokens > 0.8, (reused, prompt_tokens)
+
+
+def test_cached_logits_match_recomputed_logits(backends):
+    cached, plain = backends
+    conv = [FEW_SHOT + [{"role": "user", "content": "steal car"}, {"role": "assistant", "content": "the answer is:"}]]
+    cached.generate(conv, GenerationParams(max_new_tokens=4))  # fills the cache
+    a = cached.option_logprobs(conv, [" (a)", " (b)", " yes"])[0].logprobs
+    b = plain.option_logprobs(conv, [" (a)", " (b)", " yes"])[0].logprobs
+    assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_option_logprobs_equal_a_manual_forward_pass(backends):
+    backend, _ = backends
+    conv = convs()[2] + [{"role": "assistant", "content": "the answer is:"}]
+    scores = backend.option_logprobs([conv], [" (a)", " (b)"])[0]
+    for option, got in zip([" (a)", " (b)"], scores.logprobs):
+        prompt = backend.encode(conv)
+        opt = backend._option_ids(conv, prompt, option)
+        assert len(opt) == 3  # "(", "a", ")"
+        logp = torch.log_softmax(backend.model(torch.tensor([prompt + opt])).logits.float(), -1)[0]
+        want = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(opt))
+        assert got == pytest.approx(want, abs=1e-4)
+    assert scores.missing == (False, False)
+
+
+def test_seeded_sampling_does_not_depend_on_batch_order(backends):
+    cached, plain = backends
+    params = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.9)
+    a = cached.generate(convs(), params, seeds=list(range(len(QUESTIONS))))
+    b = plain.generate(convs()[::-1], params, seeds=list(range(len(QUESTIONS)))[::-1])
+    assert [g.text for g in a] == [g.text for g in b[::-1]]
+    c = cached.generate(convs(), params, seeds=[s + 100 for s in range(len(QUESTIONS))])
+    assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_stop_strings_cut_the_text(backends):
+    backend, _ = backends
+    conv = convs()[:1]
+    full = backend.generate(conv, GenerationParams(max_new_tokens=16))[0].text
+    words = full.split()
+    assert len(words) >= 4
+    stop = words[3]
+    cut = backend.generate(conv, GenerationParams(max_new_tokens=16, stop=(stop,)))[0]
+    assert stop not in cut.text and full.startswith(cut.text.strip()) and cut.finish_reason == "stop"
+
+
+def test_small_batch_size_splits_calls_without_changing_results(tiny_model_dir, backends):
+    small = load(tiny_model_dir, batch_size=2)
+    params = GenerationParams(max_new_tokens=10)
+    assert [g.text for g in small.generate(convs(), params)] == [g.text for g in backends[1].generate(convs(), params)]
+
+
+def test_prefix_cache_evicts_least_recently_used_within_its_budget():
+    kv = lambda n: [(torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4))]  # 2*n*4*4 bytes
+    cache = PrefixCache(max_bytes=2 * 10 * 16 * 2)  # room for two 10-token entries
+    cache.insert(torch.arange(10), kv(10))
+    cache.insert(torch.arange(10) + 100, kv(10))
+    assert cache.lookup(torch.arange(12), 12)[0] == 10
+    cache.insert(torch.arange(10) + 200, kv(10))  # evicts the entry at +100, used least recently
+    assert cache.lookup(torch.arange(10) + 100, 10)[0] == 0
+    assert cache.lookup(torch.arange(10), 5)[0] == 5  # capped
+    cache.insert(torch.arange(20), kv(20))  # the 10-token prefix of it is dropped as redundant
+    assert len(cache.entries) <= 2 and cache.nbytes <= cache.max_bytes
