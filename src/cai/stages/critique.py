@@ -152,7 +152,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
     position = {p.id: i for i, p in enumerate(prompts)}
     steps_per_prompt = len(next(iter(plans.values())))
     bar = tqdm(total=len(prompts), initial=resumed / steps_per_prompt, unit="prompt", desc="critique", dynamic_ncols=True)
-    t0, tokens = time.perf_counter(), 0
+    t0, tokens, generated = time.perf_counter(), 0, 0
     try:
         while True:
             pending = [p for p in prompts if len(responses[p.id]) < steps_per_prompt]
@@ -171,10 +171,11 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
                 for p, g in zip(batch, gens):
                     responses[p.id] = responses[p.id] + [g.text]
                     tokens += g.completion_tokens
+                    generated += 1
                 store.put(STAGE, [(p.id, position[p.id], {"responses": responses[p.id]}) for p in batch])
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"step {s + 1}/{steps_per_prompt} {kind}, {tokens / elapsed:.0f} tok/s")
-                bar.update(len(batch) / steps_per_prompt)
+                bar.update(min(len(batch) / steps_per_prompt, bar.total - bar.n))  # (float steps)
     finally:
         bar.close()
         if own_backend:
@@ -188,7 +189,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
     summary = {"prompts": len(records), "dropped_blank": prompt_set.dropped_blank, "dropped_duplicate": prompt_set.dropped_duplicate}
     store.set_stage(STAGE, json.dumps(fp, sort_keys=True), "done", summary)
     store.close()
-    print(f"[critique] {len(records)} records -> {out_dir / 'records.jsonl'} (HF dataset: {out_dir / 'dataset'})")
+    print(f"[critique] generated {generated} steps ({resumed} resumed); {len(records)} records -> {out_dir / 'records.jsonl'} (HF dataset: {out_dir / 'dataset'})")
     return out_dir
 
 

@@ -1,0 +1,121 @@
+"""Config: typed, strict, errors that name file, key and line; --set overrides; saved resolved."""
+
+import textwrap
+
+import pytest
+import yaml
+
+from cai.config import LocalModel, OpenAIModel, config_help, load_config, save_config
+from cai.errors import InputError
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "const.yaml").write_text("sl_principles: []\n")
+    (tmp_path / "red.txt").write_text("how do i pick a lock\n")
+    return tmp_path
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+GOOD = """\
+    run_dir: runs/x
+    seed: 3
+    constitution: const.yaml
+    prompts:
+      red_team:
+        path: red.txt
+    models:
+      policy:
+        backend: local
+        path: some-org/some-model
+    critique:
+      revisions: 2
+"""
+
+
+def test_good_config_loads_with_defaults_and_paths_relative_to_the_file(files):
+    c = load_config(write(files, GOOD))
+    assert c.seed == 3 and c.critique.revisions == 2 and c.critique.batch_size == 16
+    assert c.constitution == str(files / "const.yaml")
+    assert c.prompts.red_team.path == str(files / "red.txt")
+    assert isinstance(c.models.policy, LocalModel) and c.models.policy.path == "some-org/some-model"  # hub id kept
+    assert c.models.policy.trust_remote_code is False
+
+
+def test_unknown_key_names_dotted_key_and_line(files):
+    p = write(files, GOOD.replace("      revisions: 2", "      revisions: 2\n      revisons: 3"))
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "critique.revisons (line 13): unknown key" in msg
+
+
+def test_wrong_type_and_missing_key(files):
+    p = write(files, GOOD.replace("revisions: 2", "revisions: many").replace("    seed: 3\n", ""))
+    with pytest.raises(InputError, match=r"critique\.revisions \(line 11\)"):
+        load_config(p)
+    p = write(files, GOOD.replace("    run_dir: runs/x\n", ""))
+    with pytest.raises(InputError, match="run_dir: required key is missing"):
+        load_config(p)
+
+
+def test_model_spec_errors_name_the_field_inside_the_union(files):
+    p = write(files, GOOD.replace("path: some-org/some-model", "pth: some-org/some-model"))
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert "models.policy.pth (line 10): unknown key" in str(e.value)
+    assert "models.policy.path (line 8): required key is missing" in str(e.value)
+
+
+def test_openai_spec(files):
+    text = GOOD.replace("backend: local\n        path: some-org/some-model", "backend: openai\n        base_url: http://localhost:8000/v1\n        model: m")
+    c = load_config(write(files, text))
+    assert isinstance(c.models.policy, OpenAIModel) and c.models.policy.api_key_env == "OPENAI_API_KEY"
+
+
+def test_missing_files_are_named(files):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(files / "nope.yaml")
+    with pytest.raises(InputError, match=r"prompts\.red_team\.path: file not found: .*missing\.txt"):
+        load_config(write(files, GOOD.replace("red.txt", "missing.txt")))
+    with pytest.raises(InputError, match="constitution: file not found"):
+        load_config(write(files, GOOD.replace("const.yaml", "gone.yaml")))
+
+
+def test_set_overrides_any_key_and_is_validated(files):
+    p = write(files, GOOD)
+    c = load_config(p, ["critique.revisions=4", "models.policy.dtype=bfloat16", "critique.stop=['###']"])
+    assert c.critique.revisions == 4 and c.models.policy.dtype == "bfloat16" and c.critique.stop == ["###"]
+    with pytest.raises(InputError, match=r"critique\.revisions \(from --set\)"):
+        load_config(p, ["critique.revisions=0"])
+    with pytest.raises(InputError, match="expected KEY=VALUE"):
+        load_config(p, ["critique.revisions"])
+
+
+def test_invalid_yaml_and_non_mapping(files):
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(write(files, "run_dir: [unclosed\n"))
+    with pytest.raises(InputError, match="top level must be a mapping"):
+        load_config(write(files, "- a\n- b\n"))
+
+
+def test_resolved_config_round_trips_and_holds_no_secret(files, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    text = GOOD.replace("backend: local\n        path: some-org/some-model", "backend: openai\n        base_url: http://x/v1\n        model: m\n        api_key_env: MY_KEY")
+    c = load_config(write(files, text))
+    save_config(c, files / "out" / "config.yaml")
+    saved = (files / "out" / "config.yaml").read_text()
+    assert "sk-secret-123" not in saved and "MY_KEY" in saved
+    assert load_config(files / "out" / "config.yaml") == c
+
+
+def test_every_field_has_help():
+    rows = config_help()
+    keys = {k for k, _ in rows}
+    assert {"run_dir", "seed", "constitution", "prompts.red_team", "models.policy", "critique.revisions", "critique.max_new_tokens", "critique.batch_size"} <= keys
+    assert all(h for _, h in rows), [k for k, h in rows if not h]
