@@ -1,6 +1,9 @@
 """The `cai` command: one subcommand per stage.
 
     cai critique CONFIG [--set KEY=VALUE ...] [--force]
+    cai sample CONFIG                     k responses per prompt, paired
+    cai label CONFIG                      AI preference labels for the pairs
+    cai evaluate-labeller CONFIG --data FILE
     cai constitution validate FILE
     cai config keys                       every config key with its help text
     cai config show CONFIG [--set ...]    the resolved config
@@ -32,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
 
+    p = sub.add_parser("sample", help="RL-CAI: sample k responses per prompt from the policy and pair them")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+
+    p = sub.add_parser("label", help="RL-CAI: label response pairs with the feedback model under the constitution")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+
+    p = sub.add_parser("evaluate-labeller", help="accuracy of the feedback model on a multiple-choice set (CAI paper format)")
+    _config_args(p)
+    p.add_argument("--data", required=True, help="JSON list or JSONL of {prompt, corrects, incorrects}")
+
     p = sub.add_parser("constitution", help="work with constitution files")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     v = csub.add_parser("validate", help="load a constitution (cai YAML, llm-swarm JSON, CAI paper JSON) and count what it holds")
@@ -46,11 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    if args.command == "critique":
-        from cai.config import load_config
-        from cai.stages import critique
+    if args.command in ("critique", "sample", "label"):
+        import importlib
 
-        critique.run(load_config(args.config, args.overrides), force=args.force)
+        from cai.config import load_config
+
+        stage = importlib.import_module(f"cai.stages.{args.command}")
+        stage.run(load_config(args.config, args.overrides), force=args.force)
+    elif args.command == "evaluate-labeller":
+        import json
+
+        from cai.config import load_config
+        from cai.stages.label import evaluate_labeller
+
+        print(json.dumps(evaluate_labeller(load_config(args.config, args.overrides), args.data), indent=2))
     elif args.command == "constitution":
         from cai.constitution import validate_file
 

@@ -80,6 +80,9 @@ class Prompts(_Strict):
 
 class Models(_Strict):
     policy: ModelSpec | None = Field(None, description="The model being aligned (it answers, critiques and revises its own answers).")
+    feedback: ModelSpec | None = Field(
+        None, description="The model that labels preferences; default: models.policy as given (the starting model, as in the CAI paper), not the fine-tuned one."
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -96,7 +99,38 @@ class Critique(_Strict):
     few_shot: bool = Field(True, description="Put the constitution's few-shot critique conversations before each conversation.")
 
 
-STAGES = ("critique",)
+class Sample(_Strict):
+    model: ModelSpec | None = Field(None, description="Model to sample from; default: the run's SFT model if it exists, else models.policy.")
+    k: int = Field(2, ge=2, description="Responses per prompt.")
+    temperatures: list[float] = Field([1.0], min_length=1, description="Response j is sampled at temperatures[j % len]; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(128, gt=0, description="Token budget of a response.")
+    batch_size: int = Field(16, gt=0, description="Conversations per generate call.")
+    pairs: Literal["all", "adjacent"] = Field("all", description="all: every pair of the k responses; adjacent: (0,1), (2,3), ...")
+    helpful: bool = Field(True, description="Also sample for prompts.helpful, if given.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+
+
+class Label(_Strict):
+    principles_per_pair: int = Field(1, ge=1, description="RL principles sampled per pair; their probabilities are averaged (ensembling).")
+    swap_orders: bool = Field(True, description="Ask every question in both option orders and average, cancelling position bias.")
+    chain_of_thought: bool = Field(False, description="The feedback model reasons first (greedy), then the options are scored.")
+    cot_max_new_tokens: int = Field(128, gt=0, description="Token budget of the chain-of-thought reasoning.")
+    clamp: tuple[float, float] = Field((0.4, 0.6), description="With chain_of_thought, each probability is clamped to this band (the CAI paper's 40-60%).")
+    hard: bool = Field(False, description="Turn soft labels into 0/1 labels; pairs within `margin` of 0.5 are dropped and counted.")
+    margin: float = Field(0.0, ge=0, lt=0.5, description="With hard labels: keep a pair only if |p - 0.5| > margin.")
+    few_shot: bool = Field(True, description="Put the constitution's few-shot choice conversations before each question.")
+    batch_size: int = Field(16, gt=0, description="Questions per scoring call.")
+
+    @field_validator("clamp")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= 0.5 <= v[1] <= 1:
+            raise ValueError("must be [low, high] with 0 <= low <= 0.5 <= high <= 1")
+        return v
+
+
+STAGES = ("critique", "sample", "label")
 
 
 class Config(_Strict):
@@ -106,6 +140,8 @@ class Config(_Strict):
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
     critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
+    sample: Sample = Field(default_factory=Sample, description="RL-CAI: k responses per prompt, paired.")
+    label: Label = Field(default_factory=Label, description="RL-CAI: AI preference labels from option log-probabilities.")
 
     @field_validator("run_dir", "constitution")
     @classmethod

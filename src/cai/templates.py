@@ -27,6 +27,7 @@ from cai.records import Constitution, Conversation, Message, RLPrinciple, assist
 OPTION_LABELS = ("A", "B")
 CHOICE_OPTIONS = (" (A)", " (B)")
 ANSWER_PREFIX = "The answer is:"
+COT_PREFIX = "Let's think step by step:"
 
 
 def flatten(examples: tuple[tuple[Message, ...], ...]) -> Conversation:
@@ -53,10 +54,14 @@ def choice_question(
     response_a: str,
     response_b: str,
     few_shot: bool = True,
+    reasoning: str | None = None,
+    think: bool = False,
 ) -> Conversation:
     """A multiple-choice question: which of two assistant replies to `context` does `principle` prefer?
 
     The final assistant turn is unfinished ("The answer is:"), so the next tokens are an option.
+    Chain of thought: with `think`, the turn is "Let's think step by step:" for the model to
+    reason; with `reasoning`, that reasoning is in the turn, followed by "The answer is:".
     """
     question = (
         "Consider the following conversation between a human and an assistant:\n\n"
@@ -67,4 +72,10 @@ def choice_question(
         f"(B) {response_b}"
     )
     prefix = flatten(constitution.choice_examples) if few_shot else []
-    return prefix + [user(question), assistant(ANSWER_PREFIX)]
+    if think:
+        answer = COT_PREFIX
+    elif reasoning is not None:
+        answer = f"{COT_PREFIX} {reasoning.strip()}\n{ANSWER_PREFIX}"
+    else:
+        answer = ANSWER_PREFIX
+    return prefix + [user(question), assistant(answer)]

@@ -21,8 +21,6 @@ every round.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from cai.constitution import load_constitution, sample_sl_principle
 from cai.errors import InputError
 from cai.prompts import load_prompts
 from cai.records import Constitution, Conversation, GenerationParams, Prompt, assistant, user
+from cai.stages.common import begin, file_hash, finish, stable_seed
 from cai.store import RunStore, save_dataset, write_jsonl
 from cai.templates import critique_start
 
@@ -71,48 +70,16 @@ def conversation(constitution: Constitution, prompt: Prompt, steps: list[Step], 
     return conv
 
 
-def step_seed(seed: int, prompt_id: str, step: int) -> int:
-    """Sampling seed of one step of one prompt: independent of batch order, stable across resumes."""
-    digest = hashlib.sha256(f"{seed}:{prompt_id}:{step}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
 def fingerprint(config: Config) -> dict[str, Any]:
     """What the stage's output depends on. A change after the stage started is reported, not ignored."""
     red = config.prompts.red_team
     return {
         "seed": config.seed,
-        "constitution": _file_hash(config.constitution),
-        "prompts.red_team": red.model_dump() | {"sha256": _file_hash(red.path)} if red else None,
+        "constitution": file_hash(config.constitution),
+        "prompts.red_team": red.model_dump() | {"sha256": file_hash(red.path)} if red else None,
         "models.policy": config.models.policy.model_dump() if config.models.policy else None,
         "critique": config.critique.model_dump(),
     }
-
-
-def _file_hash(path: str) -> str:
-    p = Path(path)
-    h = hashlib.sha256()
-    for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def check_resumable(store: RunStore, fp: dict[str, Any], force: bool) -> bool:
-    """True if the stage is already complete. Raises if it ran under a different config."""
-    prev = store.stage(STAGE)
-    if prev is None or force:
-        if force:
-            store.clear(STAGE)
-        return False
-    old = json.loads(prev["fingerprint"])
-    if old != fp:
-        changed = sorted(k for k in fp.keys() | old.keys() if fp.get(k) != old.get(k))
-        raise InputError(
-            f"{STAGE}: the run directory holds output made with a different config (changed: {', '.join(changed)}). "
-            f"Use another run_dir, or pass --force to redo the stage."
-        )
-    return prev["status"] == "done"
 
 
 def run(config: Config, backend: Backend | None = None, force: bool = False) -> Path:
@@ -130,12 +97,11 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
     out_dir = Path(config.run_dir) / STAGE
     store = RunStore(config.run_dir)
     fp = fingerprint(config)
-    if check_resumable(store, fp, force):
+    if begin(store, STAGE, fp, force):
         print(f"[critique] already complete: {out_dir / 'records.jsonl'}")
         store.close()
         return out_dir
     save_config(config, Path(config.run_dir) / "config.yaml")
-    store.set_stage(STAGE, json.dumps(fp, sort_keys=True), "running")
 
     prompts = list(prompt_set.prompts)
     plans = {p.id: plan(constitution, p, config) for p in prompts}
@@ -166,7 +132,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
             for start in range(0, len(wave), c.batch_size):
                 batch = wave[start : start + c.batch_size]
                 gens = backend.generate(
-                    [convs[p.id] for p in batch], params, seeds=[step_seed(config.seed, p.id, s) for p in batch]
+                    [convs[p.id] for p in batch], params, seeds=[stable_seed(config.seed, p.id, s) for p in batch]
                 )
                 for p, g in zip(batch, gens):
                     responses[p.id] = responses[p.id] + [g.text]
@@ -187,7 +153,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
     write_jsonl(out_dir / "records.jsonl", records)
     save_dataset(out_dir / "dataset", records)
     summary = {"prompts": len(records), "dropped_blank": prompt_set.dropped_blank, "dropped_duplicate": prompt_set.dropped_duplicate}
-    store.set_stage(STAGE, json.dumps(fp, sort_keys=True), "done", summary)
+    finish(store, STAGE, fp, summary)
     store.close()
     print(f"[critique] generated {generated} steps ({resumed} resumed); {len(records)} records -> {out_dir / 'records.jsonl'} (HF dataset: {out_dir / 'dataset'})")
     return out_dir
