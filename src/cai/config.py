@@ -130,6 +130,68 @@ class Label(_Strict):
         return v
 
 
+class LoRA(_Strict):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
+
+
+class Optim(_Strict):
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (linear warmup, then constant or as the stage says).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    batch_size: int = Field(8, gt=0, description="Examples per device per step.")
+    grad_accum: int = Field(1, gt=0, description="Gradient accumulation steps.")
+    max_length: int = Field(1024, gt=0, description="Longest tokenized example; longer ones are truncated.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    lora: LoRA | None = Field(None, description="Train LoRA adapters instead of all weights (null = full fine-tuning).")
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume restarts from the last one).")
+
+
+class SFT(Optim):
+    model: ModelSpec | None = Field(None, description="Model to fine-tune (local); default models.policy.")
+    helpful_ratio: float = Field(
+        1.0, ge=0, description="Helpful examples mixed in per revision example (the paper mixes helpfulness data so the model does not turn evasive)."
+    )
+    helpful_dataset: str | None = Field(
+        None, description="Helpful conversations (JSONL or HF dataset with `messages`); default: the starting model's own answers to prompts.helpful."
+    )
+    helpful_max_new_tokens: int = Field(128, gt=0, description="Token budget of the starting model's helpful answers.")
+
+
+class PM(Optim):
+    model: ModelSpec | None = Field(None, description="Base of the preference model (local); default: the run's SFT model, else models.policy.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Pairs held out to measure accuracy and calibration.")
+
+
+class PPO(_Strict):
+    steps: int = Field(50, gt=0, description="PPO iterations (rollout + update).")
+    rollout_batch: int = Field(16, gt=0, description="Prompts per rollout.")
+    minibatch_size: int = Field(8, gt=0, description="Rollouts per gradient step.")
+    ppo_epochs: int = Field(2, gt=0, description="Passes over each rollout batch.")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (policy adapters and value head).")
+    max_new_tokens: int = Field(64, gt=0, description="Token budget of a rollout response.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
+    kl_coef: float = Field(0.05, ge=0, description="beta: weight of the per-token KL penalty to the reference (SFT) model.")
+    adaptive_kl: bool = Field(False, description="Adapt beta toward target_kl (Ziegler et al. 2019).")
+    target_kl: float = Field(6.0, gt=0, description="Target KL per sequence for adaptive beta.")
+    kl_horizon: int = Field(10000, gt=0, description="Horizon of the adaptive KL controller.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    cliprange: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    cliprange_value: float = Field(0.2, gt=0, description="Value clip.")
+    vf_coef: float = Field(0.1, ge=0, description="Value loss weight.")
+    whiten_rewards: bool = Field(False, description="Whiten the score before adding the KL penalty.")
+    missing_eos_penalty: float | None = Field(None, description="Subtract from the score of responses that hit max_new_tokens without ending.")
+    lora: LoRA = Field(default_factory=LoRA, description="Policy adapters; the reference model is the same weights with adapters off.")
+    save_steps: int = Field(10, gt=0, description="Checkpoint every N PPO steps.")
+
+
+class DPO(Optim):
+    beta: float = Field(0.1, gt=0, description="DPO temperature on the implicit reward margin.")
+    labels: Literal["soft", "hard"] = Field("soft", description="soft: cross-entropy against p_chosen; hard: TRL's sigmoid loss on chosen/rejected.")
+
+
 STAGES = ("critique", "sample", "label")
 
 
@@ -142,6 +204,10 @@ class Config(_Strict):
     critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
     sample: Sample = Field(default_factory=Sample, description="RL-CAI: k responses per prompt, paired.")
     label: Label = Field(default_factory=Label, description="RL-CAI: AI preference labels from option log-probabilities.")
+    sft: SFT = Field(default_factory=SFT, description="SL-CAI: fine-tune on (red-team prompt, final revision) plus helpful data.")
+    pm: PM = Field(default_factory=PM, description="Preference model trained on the soft AI labels.")
+    ppo: PPO = Field(default_factory=PPO, description="RL-CAI: PPO against the preference model, KL-penalised to the SFT model.")
+    dpo: DPO = Field(default_factory=DPO, description="Alternative to pm+ppo: DPO on the labelled pairs.")
 
     @field_validator("run_dir", "constitution")
     @classmethod
