@@ -44,7 +44,7 @@ from cai.records import Conversation, Generation, GenerationParams, OptionScores
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # cap on one wait between attempts, Retry-After included
-OPTION_MAX_TOKENS = 4  # room for " (", "A", ")" before the answer letter must have appeared
+OPTION_MAX_TOKENS = 8  # room for a short lead-in ("The answer is (") before the answer letter
 EMPTY_FLOOR = -100.0  # option log-prob when the server generated no token at all (nothing to compare with)
 _CORE_STRIP = " \t\r\n()[]Ġ▁Ċ"  # whitespace, brackets, and the space/newline markers of byte-level and sentencepiece vocabularies
 
@@ -299,9 +299,10 @@ def read_option_logprobs(content: list[dict[str, Any]], options: list[str]) -> O
     # a server leaves it out of top_logprobs.
     positions: list[list[tuple[str, float]]] = []
     for pos in content:
-        listed = {t["token"]: float(t["logprob"]) for t in pos.get("top_logprobs") or []}
-        listed.setdefault(pos["token"], float(pos["logprob"]))
-        positions.append([(option_core(tok), lp) for tok, lp in listed.items()])
+        listed = [(t["token"], float(t["logprob"])) for t in pos.get("top_logprobs") or []]
+        if pos["token"] not in {tok for tok, _ in listed}:
+            listed.append((pos["token"], float(pos["logprob"])))
+        positions.append([(option_core(tok), lp) for tok, lp in listed])
 
     at = next((i for i, pos in enumerate(content) if option_core(pos["token"]) in cores), None)
     if at is None:
@@ -332,9 +333,10 @@ def _is_local(base_url: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return ip.is_loopback or ip.is_unspecified  # 0.0.0.0, as vLLM prints its address
 
 
 def _parse_completion(r: httpx.Response) -> dict[str, Any] | None:
