@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from cai.records import Constitution, Conversation, Message, RLPrinciple, assistant, user
 
+CHOICE_HEADER = "Consider the following conversation between a human and an assistant:"
 OPTION_LABELS = ("A", "B")
 CHOICE_OPTIONS = (" (A)", " (B)")
 ANSWER_PREFIX = "The answer is:"
@@ -47,6 +48,17 @@ def transcript(conversation: Conversation) -> str:
     return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in conversation)
 
 
+def choice_text(context: Conversation, instruction: str, options: list[str]) -> str:
+    """The user turn of a multiple-choice question, laid out as in the CAI paper (sec. 4.1)."""
+    lines = "\n".join(f"({chr(ord('A') + i)}) {option}" for i, option in enumerate(options))
+    return f"{CHOICE_HEADER}\n\n{transcript(context)}\n\n{instruction}\n\nOptions:\n{lines}"
+
+
+def choice_answer(label: str) -> str:
+    """How a few-shot example answers: the same words the model is scored after, then the option."""
+    return f"{ANSWER_PREFIX} ({label})"
+
+
 def choice_question(
     constitution: Constitution,
     principle: RLPrinciple,
@@ -63,14 +75,7 @@ def choice_question(
     Chain of thought: with `think`, the turn is "Let's think step by step:" for the model to
     reason; with `reasoning`, that reasoning is in the turn, followed by "The answer is:".
     """
-    question = (
-        "Consider the following conversation between a human and an assistant:\n\n"
-        f"{transcript(context)}\n\n"
-        f"{principle.instruction}\n\n"
-        "Options:\n"
-        f"(A) {response_a}\n"
-        f"(B) {response_b}"
-    )
+    question = choice_text(context, principle.instruction, [response_a, response_b])
     prefix = flatten(constitution.choice_examples) if few_shot else []
     if think:
         answer = COT_PREFIX
