@@ -1,10 +1,12 @@
 """The `cai` command: one subcommand per stage.
 
+    cai run CONFIG [--from STAGE] [--until STAGE]    all stages, resumable
     cai critique CONFIG [--set KEY=VALUE ...] [--force]
     cai sample CONFIG                     k responses per prompt, paired
     cai label CONFIG                      AI preference labels for the pairs
     cai evaluate-labeller CONFIG --data FILE
     cai constitution validate FILE
+    cai toyworld train | baseline | prompts    the offline toy world
     cai config keys                       every config key with its help text
     cai config show CONFIG [--set ...]    the resolved config
 
@@ -30,6 +32,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI end to end.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="every stage in order; finished stages are skipped, interrupted ones resumed")
+    _config_args(p)
+    p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+
+    p = sub.add_parser("toyworld", help="the toy world: train | baseline | prompts (see docs/toyworld.md)")
+    p.add_argument("action", choices=["train", "baseline", "prompts"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the action (--help for them)")
 
     p = sub.add_parser("critique", help="SL-CAI: answer red-team prompts, critique and revise the answers")
     _config_args(p)
@@ -61,7 +72,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    if args.command in ("critique", "sample", "label"):
+    if args.command == "run":
+        from cai import pipeline
+        from cai.config import load_config
+
+        pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until)
+    elif args.command == "toyworld":
+        import importlib
+
+        module = {"train": "train", "baseline": "baseline", "prompts": "prompt_files"}[args.action]
+        code = importlib.import_module(f"cai.toyworld.{module}").main(args.args)
+        if code:
+            raise SystemExit(code)
+    elif args.command in ("critique", "sample", "label"):
         import importlib
 
         from cai.config import load_config

@@ -192,6 +192,10 @@ class DPO(Optim):
     labels: Literal["soft", "hard"] = Field("soft", description="soft: cross-entropy against p_chosen; hard: TRL's sigmoid loss on chosen/rejected.")
 
 
+class Pipeline(_Strict):
+    rl: Literal["ppo", "dpo", "both"] = Field("ppo", description="RL-CAI method for `cai run`: a preference model + PPO (the paper), DPO on the labels, or both.")
+
+
 STAGES = ("critique", "sample", "label")
 
 
@@ -201,6 +205,7 @@ class Config(_Strict):
     constitution: str = Field(description="Constitution file: cai YAML, llm-swarm JSON, or the CAI paper's JSON.")
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
+    pipeline: Pipeline = Field(default_factory=Pipeline, description="Which stages `cai run` runs.")
     critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
     sample: Sample = Field(default_factory=Sample, description="RL-CAI: k responses per prompt, paired.")
     label: Label = Field(default_factory=Label, description="RL-CAI: AI preference labels from option log-probabilities.")
