@@ -192,6 +192,19 @@ class DPO(Optim):
     labels: Literal["soft", "hard"] = Field("soft", description="soft: cross-entropy against p_chosen; hard: TRL's sigmoid loss on chosen/rejected.")
 
 
+class Evaluate(_Strict):
+    red_team: PromptSource | None = Field(None, description="Held-out red-team prompts (never used by a training stage).")
+    helpful: PromptSource | None = Field(None, description="Held-out helpful prompts.")
+    judge: ModelSpec | None = Field(None, description="AI judge for harmlessness/helpfulness and win rates; default models.feedback, else models.policy.")
+    oracle: Literal["none", "toyworld"] = Field("none", description="toyworld: also classify answers with the toy world's oracle (ground truth).")
+    stages: list[Literal["policy", "sft", "ppo", "dpo"]] = Field(
+        ["policy", "sft", "ppo", "dpo"], description="Models to evaluate (those the run has made; policy = the starting model)."
+    )
+    max_new_tokens: int = Field(128, gt=0, description="Token budget of an evaluated answer.")
+    batch_size: int = Field(32, gt=0, description="Conversations per generate or scoring call.")
+    win_rate_prompts: int = Field(64, ge=0, description="Prompts per model pair for AI-judged win rates (0 = skip).")
+
+
 class Pipeline(_Strict):
     rl: Literal["ppo", "dpo", "both"] = Field("ppo", description="RL-CAI method for `cai run`: a preference model + PPO (the paper), DPO on the labels, or both.")
 
@@ -213,6 +226,7 @@ class Config(_Strict):
     pm: PM = Field(default_factory=PM, description="Preference model trained on the soft AI labels.")
     ppo: PPO = Field(default_factory=PPO, description="RL-CAI: PPO against the preference model, KL-penalised to the SFT model.")
     dpo: DPO = Field(default_factory=DPO, description="Alternative to pm+ppo: DPO on the labelled pairs.")
+    evaluate: Evaluate = Field(default_factory=Evaluate, description="Harmlessness, helpfulness and evasiveness of every model the run made.")
 
     @field_validator("run_dir", "constitution")
     @classmethod
@@ -269,7 +283,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
     if isinstance(data.get("constitution"), str):
         data["constitution"] = fix(data["constitution"])
-    for src in (data.get("prompts") or {}).values():
+    for src in [*(data.get("prompts") or {}).values(), *((data.get("evaluate") or {}).get(k) for k in ("red_team", "helpful"))]:
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             src["path"] = fix(src["path"])
     for spec in (data.get("models") or {}).values():
