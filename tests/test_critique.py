@@ -107,6 +107,8 @@ def test_finished_stage_is_skipped_and_a_changed_config_is_reported(tmp_path, ti
     assert "already complete" in capsys.readouterr().out
     with pytest.raises(InputError, match=r"different config \(changed: critique\).*--force"):
         critique.run(load_config(path, ["critique.max_new_tokens=5"]))
+    critique.run(load_config(path, ["critique.batch_size=2", "models.policy.batch_size=3"]))  # speed-only: reused
+    assert "already complete" in capsys.readouterr().out
     critique.run(load_config(path, ["critique.max_new_tokens=5"]), force=True)
     assert "generated 9 steps" in capsys.readouterr().out
 

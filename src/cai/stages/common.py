@@ -28,6 +28,16 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+# Settings that change how fast a stage runs, not what it produces: changing them between a crash and
+# the resume is fine, so they are left out of fingerprints.
+SPEED_ONLY = {"batch_size", "prefix_cache", "prefix_cache_gib", "max_concurrency", "max_retries", "timeout_s", "backoff_s"}
+
+
+def identity(section) -> dict[str, Any] | None:
+    """A config section (model spec or stage settings) as it matters for a fingerprint."""
+    return None if section is None else section.model_dump(exclude=SPEED_ONLY & set(type(section).model_fields))
+
+
 def begin(store: RunStore, stage: str, fingerprint: dict[str, Any], force: bool) -> bool:
     """Mark `stage` running under `fingerprint`. True if it is already complete under the same one.
 

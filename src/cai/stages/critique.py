@@ -34,7 +34,7 @@ from cai.constitution import load_constitution, sample_sl_principle
 from cai.errors import InputError
 from cai.prompts import load_prompts
 from cai.records import Constitution, Conversation, GenerationParams, Prompt, assistant, user
-from cai.stages.common import begin, file_hash, finish, stable_seed
+from cai.stages.common import begin, file_hash, finish, identity, stable_seed
 from cai.store import RunStore, save_dataset, write_jsonl
 from cai.templates import critique_start
 
@@ -77,8 +77,8 @@ def fingerprint(config: Config) -> dict[str, Any]:
         "seed": config.seed,
         "constitution": file_hash(config.constitution),
         "prompts.red_team": red.model_dump() | {"sha256": file_hash(red.path)} if red else None,
-        "models.policy": config.models.policy.model_dump() if config.models.policy else None,
-        "critique": config.critique.model_dump(),
+        "models.policy": identity(config.models.policy),
+        "critique": identity(config.critique),
     }
 
 

@@ -34,7 +34,7 @@ from cai.config import Config, save_config
 from cai.constitution import load_constitution, sample_rl_principles
 from cai.errors import InputError
 from cai.records import Constitution, Conversation, GenerationParams, RLPrinciple, assistant, user
-from cai.stages.common import begin, file_hash, finish
+from cai.stages.common import begin, file_hash, finish, identity
 from cai.store import RunStore, atomic_write_text, read_jsonl, save_dataset, write_jsonl
 from cai.templates import CHOICE_OPTIONS, choice_question
 
@@ -130,8 +130,8 @@ def fingerprint(config: Config, pairs_path: Path) -> dict[str, Any]:
         "seed": config.seed,
         "constitution": file_hash(config.constitution),
         "pairs": file_hash(pairs_path),
-        "feedback": feedback_spec(config).model_dump(),
-        "label": config.label.model_dump(),
+        "feedback": identity(feedback_spec(config)),
+        "label": identity(config.label),
     }
 
 

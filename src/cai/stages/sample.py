@@ -26,7 +26,7 @@ from cai.config import Config, LocalModel, save_config
 from cai.errors import InputError
 from cai.prompts import load_prompts
 from cai.records import GenerationParams, Prompt, user
-from cai.stages.common import begin, file_hash, finish, stable_seed
+from cai.stages.common import begin, file_hash, finish, identity, stable_seed
 from cai.store import RunStore, write_jsonl
 
 STAGE = "sample"
@@ -57,8 +57,8 @@ def fingerprint(config: Config, spec) -> dict[str, Any]:
     return {
         "seed": config.seed,
         "prompts": {k: (v.model_dump() | {"sha256": file_hash(v.path)}) if v else None for k, v in srcs.items()},
-        "model": spec.model_dump() | ({"sha256": file_hash(spec.path)} if spec.backend == "local" and Path(spec.path).exists() else {}),
-        "sample": config.sample.model_dump(exclude={"model"}),
+        "model": identity(spec) | ({"sha256": file_hash(spec.path)} if spec.backend == "local" and Path(spec.path).exists() else {}),
+        "sample": {k: v for k, v in identity(config.sample).items() if k != "model"},
     }
 
 
