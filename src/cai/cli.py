@@ -2,8 +2,13 @@
 
     cai run CONFIG [--from STAGE] [--until STAGE]    all stages, resumable
     cai critique CONFIG [--set KEY=VALUE ...] [--force]
+    cai sft CONFIG                        fine-tune on the revisions (+ helpful data)
     cai sample CONFIG                     k responses per prompt, paired
     cai label CONFIG                      AI preference labels for the pairs
+    cai train-pm CONFIG                   preference model on the soft labels
+    cai ppo CONFIG | cai dpo CONFIG       RL-CAI
+    cai evaluate CONFIG                   harmful / helpful / evasive rates, win rates
+    cai report RUN_DIR                    <run_dir>/report.html
     cai evaluate-labeller CONFIG --data FILE
     cai constitution validate FILE
     cai toyworld train | baseline | prompts    the offline toy world
@@ -46,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
 
+    for name, text in (
+        ("sft", "SL-CAI: fine-tune on the final revisions mixed with helpful data"),
+        ("train-pm", "RL-CAI: train a preference model on the soft AI labels"),
+        ("ppo", "RL-CAI: PPO against the preference model, KL-penalised to the SFT model"),
+        ("dpo", "RL-CAI alternative: DPO on the labelled pairs"),
+        ("evaluate", "harmful / helpful / evasive rates and win rates of every model the run made"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _config_args(p)
+        p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+
+    p = sub.add_parser("report", help="write <run_dir>/report.html: metrics, plots and examples in one offline page")
+    p.add_argument("run_dir")
+
     p = sub.add_parser("sample", help="RL-CAI: sample k responses per prompt from the policy and pair them")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
@@ -71,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+MODULES = {"train-pm": "pm"}  # CLI name -> module under cai.stages, where they differ
+
+
 def run_command(args: argparse.Namespace) -> None:
     if args.command == "run":
         from cai import pipeline
@@ -84,13 +106,17 @@ def run_command(args: argparse.Namespace) -> None:
         code = importlib.import_module(f"cai.toyworld.{module}").main(args.args)
         if code:
             raise SystemExit(code)
-    elif args.command in ("critique", "sample", "label"):
+    elif args.command in ("critique", "sft", "sample", "label", "train-pm", "ppo", "dpo", "evaluate"):
         import importlib
 
         from cai.config import load_config
 
-        stage = importlib.import_module(f"cai.stages.{args.command}")
+        stage = importlib.import_module(f"cai.stages.{MODULES.get(args.command, args.command)}")
         stage.run(load_config(args.config, args.overrides), force=args.force)
+    elif args.command == "report":
+        from cai import report
+
+        print(f"report: {report.build(args.run_dir)}")
     elif args.command == "evaluate-labeller":
         import json
 

@@ -286,6 +286,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
     for src in [*(data.get("prompts") or {}).values(), *((data.get("evaluate") or {}).get(k) for k in ("red_team", "helpful"))]:
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             src["path"] = fix(src["path"])
+    sft = data.get("sft")
+    if isinstance(sft, dict) and isinstance(sft.get("helpful_dataset"), str):
+        sft["helpful_dataset"] = fix(sft["helpful_dataset"])
     for spec in (data.get("models") or {}).values():
         if isinstance(spec, dict) and spec.get("backend") == "local" and isinstance(spec.get("path"), str):
             spec["path"] = fix(spec["path"])
