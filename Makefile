@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cai demo
+	$(VENV)/bin/cai run configs/toyworld.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
