@@ -352,10 +352,11 @@ def check_files(config: Config, path: Path) -> None:
     """Files a config names must exist (hub ids for local models are allowed through)."""
     if not Path(config.constitution).exists():
         raise InputError(f"{path}: constitution: file not found: {config.constitution}")
-    for name in ("red_team", "helpful"):
-        src = getattr(config.prompts, name)
-        if src is not None and not Path(src.path).exists():
-            raise InputError(f"{path}: prompts.{name}.path: file not found: {src.path}")
+    for section in ("prompts", "evaluate"):
+        for name in ("red_team", "helpful"):
+            src = getattr(getattr(config, section), name)
+            if src is not None and not Path(src.path).exists():
+                raise InputError(f"{path}: {section}.{name}.path: file not found: {src.path}")
 
 
 def save_config(config: Config, path: Path) -> None:

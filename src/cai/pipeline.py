@@ -77,6 +77,10 @@ def run(config: Config, start: str | None = None, until: str | None = None) -> N
         stage.run(config)
         print(f"[{i}/{len(plan)}] {name} done in {time.perf_counter() - t0:.0f}s: {headline(Path(config.run_dir), name)}", flush=True)
     print(f"[cai run] finished in {time.perf_counter() - t_all:.0f}s; outputs in {config.run_dir}")
-    summary = Path(config.run_dir) / "evaluate" / "metrics.json"
-    if summary.is_file():
-        print(json.dumps(json.loads(summary.read_text()), indent=2))
+    metrics = Path(config.run_dir) / "evaluate" / "metrics.json"
+    if metrics.is_file():
+        from cai import report
+        from cai.stages.evaluate import table
+
+        print(table(json.loads(metrics.read_text())))
+        print(f"report: {report.build(config.run_dir)}")
