@@ -102,6 +102,49 @@ class PrefixCache:
         self.nbytes = 0
 
 
+class _AppendLayer:
+    """Wraps a KV cache layer so that decoding appends in place.
+
+    transformers' DynamicLayer appends with torch.cat, which copies the whole cache at every decode
+    step: at batch 64 with 2k-token few-shot prefixes that copy costs more than the forward pass.
+    Here keys/values live in a buffer with room for the tokens still to come; `keys`/`values` are
+    views of the filled part.
+    """
+
+    @staticmethod
+    def install(kv_cache, extra: int) -> None:
+        from transformers.cache_utils import DynamicLayer
+
+        class AppendLayer(DynamicLayer):
+            def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+                super().__init__()
+                self.device, self.is_initialized, self._n = keys.device, True, keys.shape[-2]
+                shape = (*keys.shape[:2], capacity, keys.shape[-1])
+                self._k, self._v = keys.new_empty(shape), values.new_empty(shape)
+                self._k[:, :, : self._n], self._v[:, :, : self._n] = keys, values
+                self._views()
+
+            def _views(self) -> None:
+                self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                t = key_states.shape[-2]
+                if self._n + t > self._k.shape[-2]:  # out of room: grow (rare: only past the planned length)
+                    grow = max(t, self._k.shape[-2])
+                    self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], grow, self._k.shape[-1])], dim=2)
+                    self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], grow, self._v.shape[-1])], dim=2)
+                self._k[:, :, self._n : self._n + t], self._v[:, :, self._n : self._n + t] = key_states, value_states
+                self._n += t
+                self._views()
+                return self.keys, self.values
+
+            def batch_select_indices(self, indices: torch.Tensor) -> None:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self._views()
+
+        kv_cache.layers = [AppendLayer(l.keys, l.values, l.keys.shape[-2] + extra) for l in kv_cache.layers]
+
+
 def _device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -282,6 +325,8 @@ class LocalBackend:
         t0 = time.perf_counter()
         self._warm_shared_prefix(rows)
         logits, kv_cache, mask, pos = self._prefill(rows, [len(r) - 1 for r in rows], logits_to_keep=1)
+        if self.cache is not None:  # (full-attention layers only)
+            _AppendLayer.install(kv_cache, params.max_new_tokens)
         t1 = time.perf_counter()
         self.stats.prefill_s += t1 - t0
 
