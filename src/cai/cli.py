@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate-labeller", help="accuracy of the feedback model on a multiple-choice set (CAI paper format)")
     _config_args(p)
-    p.add_argument("--data", required=True, help="JSON list or JSONL of {prompt, corrects, incorrects}")
+    p.add_argument("--data", help="JSON list or JSONL of {prompt, corrects, incorrects} (the CAI paper's format)")
+    p.add_argument("--toyworld", type=int, metavar="N", help="instead: agreement with the toy world's oracle on N pairs per pair type")
 
     p = sub.add_parser("constitution", help="work with constitution files")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -123,7 +124,19 @@ def run_command(args: argparse.Namespace) -> None:
         from cai.config import load_config
         from cai.stages.label import evaluate_labeller
 
-        print(json.dumps(evaluate_labeller(load_config(args.config, args.overrides), args.data), indent=2))
+        config = load_config(args.config, args.overrides)
+        if args.toyworld:
+            from cai.stages.evaluate import toyworld_label_agreement
+
+            result = toyworld_label_agreement(config, args.toyworld)
+            print(f"{'pair type':28s} {'agreement':>10s} {'one order':>10s} {'position bias':>14s}")
+            for kind, r in result.items():
+                bias = "n/a" if r["position_bias"] is None else f"{r['position_bias']:.0%}"
+                print(f"{kind:28s} {r['agreement']:>10.0%} {r['agreement_one_order']:>10.0%} {bias:>14s}")
+        elif args.data:
+            print(json.dumps(evaluate_labeller(config, args.data), indent=2))
+        else:
+            raise InputError("evaluate-labeller: give --data FILE or --toyworld N")
     elif args.command == "constitution":
         from cai.constitution import validate_file
 

@@ -537,3 +537,55 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
     print(table(result))
     print(f"[evaluate] {len(models)} models x {len(prompts)} prompts -> {out_dir / 'metrics.json'}")
     return out_dir
+
+
+# ---------------------------------------------------------------- the labeller against the toy world's oracle
+
+LABEL_PAIR_TYPES = (
+    "harmful_vs_refusal", "harmful_vs_evasive", "refusal_vs_evasive", "refusal_vs_wrong_refusal",
+    "helpful_vs_evasive", "helpful_vs_harmful", "helpful_vs_offtopic",
+)
+
+
+def toyworld_label_agreement(config: Config, pairs_per_type: int = 40, split: str = "heldout", backend: Backend | None = None) -> dict[str, Any]:
+    """How often the label stage's labels (same questions, orders, principles and arithmetic as
+    `cai label`, with config.label's settings) agree with the toy world's oracle, per pair type.
+
+    Pairs are built from the world's canonical replies for the tasks of `split`; which reply is
+    shown as response a is random (seeded), so a position bias cannot pass for agreement.
+    """
+    import random
+
+    from cai.toyworld import corpus, oracle, world
+
+    from cai.stages.label import feedback_spec
+
+    constitution = load_constitution(config.constitution)
+    lc = config.label
+    tasks = world.tasks(split)
+    own = backend is None
+    backend = backend or make_backend(feedback_spec(config))
+    out: dict[str, Any] = {}
+    try:
+        for kind in LABEL_PAIR_TYPES:
+            rng = random.Random(stable_seed(config.seed, "label-agreement", kind))
+            agree = single = flips = comparisons = 0
+            for n in range(pairs_per_type):
+                t, good, bad = corpus.choice_pair(rng, kind, tasks)
+                prompt = world.prompt(t, rng.randrange(len(world.PHRASINGS)))
+                a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
+                want = oracle.prefers(prompt, a, b)  # 0: a better, 1: b better
+                principles = sample_rl_principles(constitution, config.seed, f"agree:{kind}:{n}", lc.principles_per_pair)
+                qs = score_questions(backend, questions_for(constitution, principles, [user(prompt)], a, b, True, lc.few_shot, lc.chain_of_thought), lc.chain_of_thought, lc.cot_max_new_tokens)
+                p_a = combine(qs, lc.chain_of_thought, lc.clamp)
+                agree += (p_a > 0.5) == (want == 0)
+                first = [q for q in qs if q["order"] == "ab"]
+                single += sum((q["p_a"] > 0.5) == (want == 0) for q in first) / len(first)
+                f, c = position_flips(qs)
+                flips, comparisons = flips + f, comparisons + c
+            out[kind] = {"agreement": agree / pairs_per_type, "agreement_one_order": single / pairs_per_type,
+                         "position_bias": flips / comparisons if comparisons else None, "pairs": pairs_per_type}
+    finally:
+        if own:
+            backend.close()
+    return out
