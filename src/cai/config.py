@@ -294,8 +294,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
             spec["path"] = fix(spec["path"])
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read, override, validate. Raises InputError naming the file, dotted key and line."""
+def load_config(path: str | Path, overrides: list[str] = (), check_files_exist: bool = True) -> Config:
+    """Read, override, validate. Raises InputError naming the file, dotted key and line.
+
+    check_files_exist=False validates the keys and types only (for example configs whose data a
+    user has yet to provide)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
@@ -320,7 +323,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         config = Config.model_validate(data)
     except ValidationError as e:
         raise InputError(_format_errors(path, e, lines, overridden)) from None
-    check_files(config, path)
+    if check_files_exist:
+        check_files(config, path)
     return config
 
 

@@ -4,7 +4,7 @@
 
 red_team_train.jsonl / helpful_train.jsonl: prompts of the *train* tasks, the only ones pipeline
 stages read. red_team_heldout.jsonl / helpful_heldout.jsonl: prompts of the held-out tasks, for
-evaluation only. tests/test_toyworld_files.py checks that the committed files equal what this writes.
+evaluation only. tests/test_configs.py checks that the committed files equal what this writes.
 """
 
 from __future__ import annotations
