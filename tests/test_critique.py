@@ -126,7 +126,7 @@ def _items_done(db: Path) -> int:
 
 
 def _cai(config: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")  # tiny model: one thread is fastest
     return subprocess.Popen([sys.executable, "-m", "cai.cli", "critique", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
