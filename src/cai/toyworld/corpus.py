@@ -1,0 +1,154 @@
+"""The toy model's pre-training corpus: conversations rendered by cai.templates, the code the stages use.
+
+Three kinds of conversation, over *all* tasks (held-out ones too: the model knows the world, as a
+real pre-trained model does; the pipeline never sees the held-out prompts):
+
+- dialogue:  [user(prompt)] -> the compliant answer, benign or harmful (helpful-only default);
+             sometimes after the few-shot critique prefix or after an earlier exchange, so the
+             first answer to a request is compliance whatever came before it.
+- critique:  templates.critique_start(constitution, prompt) + compliant answer, then 1-3 rounds of
+             [critique request -> critique, revision request -> revision] under seeded random SL
+             principles (sometimes without the critique: direct revision). Harmful answers are
+             critiqued as harmful (task, category, why, the alternative) and revised into a refusal
+             that offers the alternative; harmless responses are found fine and kept.
+- choice:    templates.choice_question(constitution, principle, [user(prompt)], a, b) answered
+             "The answer is: (A)" or " (B)" with the option every RL principle prefers, both orders
+             equally often. Pairs are harmful-vs-refusal, harmful-vs-evasive, refusal-vs-evasive,
+             helpful-vs-evasive, and harder ones without a refusal cue: a helpful answer against a
+             compliant answer to a harmful task, or to another (off-topic) task, and a refusal
+             against another task's refusal.
+
+Which option wins is decided from the world's facts (world.answer, world.refusal, ...), never by
+the oracle: the corpus is how the model learns the constitution, not how it is graded.
+
+    from cai.toyworld import corpus, load_constitution
+    items = corpus.build(load_constitution(), corpus.Mix(), seed=0)  # [(kind, conversation)]
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from cai import templates
+from cai.records import Constitution, Conversation, assistant, user
+from cai.toyworld import world
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How many conversations of each kind, and how they vary."""
+
+    dialogues: int = 3_000
+    critiques: int = 5_000
+    choices: int = 10_000
+    p_few_shot: float = 0.5  # critique/choice conversations with the constitution's few-shot prefix
+    p_harmful: float = 0.6  # critique conversations about a harmful task
+    p_direct_revision: float = 0.1  # critique conversations that skip the critique
+    rounds: tuple[float, ...] = (0.6, 0.32, 0.08)  # P(1, 2, 3 critique-revision rounds)
+    # Choice question types and their weights (see module docstring). The last two need the model
+    # to match an option against the request; at this model size and budget it does not learn that
+    # (docs/toyworld.md), so they get a small share.
+    choice_types: tuple[tuple[str, float], ...] = (
+        ("harmful_vs_refusal", 0.16),
+        ("harmful_vs_evasive", 0.16),
+        ("refusal_vs_evasive", 0.14),
+        ("helpful_vs_evasive", 0.18),
+        ("helpful_vs_harmful", 0.18),
+        ("helpful_vs_offtopic", 0.09),
+        ("refusal_vs_wrong_refusal", 0.09),
+    )
+
+
+CHOICE_TYPES = tuple(name for name, _ in Mix().choice_types)
+
+
+def _random_prompt(rng: random.Random, t: world.Task) -> str:
+    return world.prompt(t, rng.randrange(len(world.PHRASINGS)))
+
+
+def dialogue(rng: random.Random, constitution: Constitution) -> Conversation:
+    t = rng.choice(world.TASKS)
+    conv: Conversation = []
+    r = rng.random()
+    if r < 0.2:
+        conv = templates.flatten(constitution.critique_examples)
+    elif r < 0.35:
+        t0 = rng.choice(world.TASKS)
+        conv = [user(_random_prompt(rng, t0)), assistant(world.answer(t0))]
+    return conv + [user(_random_prompt(rng, t)), assistant(world.answer(t))]
+
+
+def _critique(t: world.Task, response: str) -> str:
+    if t.harmful and response == world.answer(t):
+        return world.critique_harmful(t)
+    return world.critique_fine(t, response_is_refusal=t.harmful)
+
+
+def critique_conversation(rng: random.Random, constitution: Constitution, mix: Mix) -> Conversation:
+    kind = "harmful" if rng.random() < mix.p_harmful else "benign"
+    t = rng.choice(world.tasks(kind=kind))
+    conv = templates.critique_start(constitution, _random_prompt(rng, t), few_shot=rng.random() < mix.p_few_shot)
+    response = world.answer(t)
+    conv.append(assistant(response))
+    direct = rng.random() < mix.p_direct_revision
+    rounds = rng.choices(range(1, len(mix.rounds) + 1), weights=mix.rounds)[0]
+    for _ in range(rounds):
+        principle = rng.choice(constitution.sl_principles)
+        if not direct:
+            conv += [user(principle.critique), assistant(_critique(t, response))]
+        response = world.revision(t, response)
+        conv += [user(principle.revision), assistant(response)]
+    return conv
+
+
+def choice_pair(rng: random.Random, kind: str, tasks: list[world.Task] | None = None) -> tuple[world.Task, str, str]:
+    """(task, preferred response, other response) for a choice question type, from world facts.
+
+    `tasks` restricts every task involved (baseline evaluation passes the held-out tasks)."""
+    pool = tasks if tasks is not None else list(world.TASKS)
+    harmful = [t for t in pool if t.harmful]
+    benign = [t for t in pool if not t.harmful]
+    ev = rng.randrange(len(world.EVASIONS))
+    if kind in ("harmful_vs_refusal", "harmful_vs_evasive", "refusal_vs_evasive", "refusal_vs_wrong_refusal"):
+        t = rng.choice(harmful)
+        if kind == "harmful_vs_refusal":
+            return t, world.refusal(t), world.answer(t)
+        if kind == "harmful_vs_evasive":
+            return t, world.evasion(t, ev), world.answer(t)
+        if kind == "refusal_vs_evasive":
+            return t, world.refusal(t), world.evasion(t, ev)
+        other = rng.choice([h for h in harmful if h is not t])
+        return t, world.refusal(t), world.refusal(other)
+    t = rng.choice(benign)
+    if kind == "helpful_vs_evasive":
+        return t, world.answer(t), world.evasion(t, ev)
+    if kind == "helpful_vs_harmful":
+        return t, world.answer(t), world.answer(rng.choice(harmful))
+    if kind == "helpful_vs_offtopic":
+        return t, world.answer(t), world.answer(rng.choice([b for b in benign if b is not t]))
+    raise ValueError(f"unknown choice type {kind!r}")
+
+
+def choice_conversation(rng: random.Random, constitution: Constitution, mix: Mix, preferred_first: bool) -> Conversation:
+    names, weights = zip(*mix.choice_types)
+    kind = rng.choices(names, weights=weights)[0]
+    t, good, bad = choice_pair(rng, kind)
+    a, b = (good, bad) if preferred_first else (bad, good)
+    principle = rng.choice(constitution.rl_principles)
+    conv = templates.choice_question(
+        constitution, principle, [user(_random_prompt(rng, t))], a, b, few_shot=rng.random() < mix.p_few_shot
+    )
+    conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[0 if preferred_first else 1])
+    return conv
+
+
+def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[tuple[str, Conversation]]:
+    """The whole corpus as (kind, conversation) pairs, kind in "dialogue" | "critique" | "choice",
+    shuffled; the same for the same constitution, mix and seed."""
+    rng = random.Random(seed)
+    items = [("dialogue", dialogue(rng, constitution)) for _ in range(mix.dialogues)]
+    items += [("critique", critique_conversation(rng, constitution, mix)) for _ in range(mix.critiques)]
+    items += [("choice", choice_conversation(rng, constitution, mix, preferred_first=i % 2 == 0)) for i in range(mix.choices)]
+    rng.shuffle(items)
+    return items
