@@ -1,0 +1,555 @@
+"""Critique-stage throughput: cai's local backend against LangChain's ConstitutionalChain.
+
+    .venv/bin/python benchmarks/critique_throughput.py [HH_RLHF_JSONL_GZ] [--prompts 64] [--langchain-prompts 64]
+
+What runs, in one process run, on the same model, text and token budget:
+
+1. cai: the real critique stage (`cai.stages.critique.run`, config written to a temp dir) with
+   one revision: init -> critique -> revision for every prompt, prefix cache on.
+2. cai again with `prefix_cache: false`, to show what the cache contributes.
+3. LangChain (`langchain-classic` ConstitutionalChain over `langchain-huggingface`'s
+   HuggingFacePipeline), prompt by prompt, in its own virtual environment
+   (`benchmarks/.venv-langchain`, created on first use; never a dependency of cai).
+
+The model is a ~21M-parameter Llama with random weights and a byte-level BPE tokenizer (8k vocab)
+trained here on the hh-rlhf transcripts, with a ChatML chat template (eos `<|im_end|>`). Both
+sides use LangChain's own principle (`PRINCIPLES["harmful1"]`) and LangChain's own few-shot
+`examples`, read out of the LangChain venv; cai gets them as a constitution YAML (each example
+becomes six chat turns). Greedy decoding, the same `max_new_tokens`, `torch.set_num_threads(2)`.
+
+Prints a table and rewrites the `## critique_throughput` section of benchmarks/RESULTS.md.
+Built files (model, tokenizer, LangChain side script) live in benchmarks/.work/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "benchmarks" / ".work" / "critique_throughput"
+LC_VENV = REPO / "benchmarks" / ".venv-langchain"
+LC_PINS = ["langchain-classic==1.0.8", "langchain-huggingface==1.2.3", "transformers==5.24.0"]
+TORCH_PIN = "torch==2.13.0"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "## critique_throughput"
+
+# The model: Llama shape, random weights. ~21M parameters with an 8k vocabulary (untied head).
+VOCAB = 8192
+SHAPE = dict(hidden_size=384, intermediate_size=1280, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2)
+SPECIAL = ["<|im_start|>", "<|im_end|>", "<pad>"]
+CHATML = (  # the template of tests/tiny.py
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# LangChain's initial chain (the user's own chain in ConstitutionalChain) in the few-shot format.
+INITIAL_TEMPLATE = "Human: {question}\n\nModel:"
+
+
+# ---------------------------------------------------------------- the model
+
+
+def hh_transcripts(path: Path):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            yield row["chosen"]
+            yield row["rejected"]
+
+
+def build_model(out: Path, corpus: Path) -> Path:
+    """Train a byte-level BPE on hh-rlhf, add ChatML, save it with a random Llama. Reused if present."""
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(hh_transcripts(corpus), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>")
+    fast.chat_template = CHATML
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        **SHAPE,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    fast.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------- the LangChain side
+
+LANGCHAIN_SIDE = r'''
+"""LangChain side of benchmarks/critique_throughput.py (written by it; runs in benchmarks/.venv-langchain).
+
+    python langchain_side.py JOB.json   -> one JSON object on stdout
+"""
+import json, sys, time, warnings
+
+warnings.filterwarnings("ignore")
+job = json.load(open(sys.argv[1]))
+
+import torch
+
+torch.set_num_threads(job["threads"])
+from langchain_classic.chains.constitutional_ai import prompts as cp
+from langchain_classic.chains.constitutional_ai.principles import PRINCIPLES
+
+if job["mode"] == "export":  # the principle and few-shot text, for cai's constitution
+    p = PRINCIPLES[job["principle"]]
+    print(json.dumps({
+        "principle": {"name": p.name, "critique_request": p.critique_request, "revision_request": p.revision_request},
+        "examples": cp.examples,
+    }))
+    sys.exit(0)
+
+from langchain_classic.chains import ConstitutionalChain, LLMChain
+from langchain_core.prompts import PromptTemplate
+from langchain_huggingface import HuggingFacePipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, pipeline
+
+tok = AutoTokenizer.from_pretrained(job["model"])
+model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32).eval()
+pipe = pipeline(
+    "text-generation", model=model, tokenizer=tok, device="cpu",
+    max_new_tokens=job["max_new_tokens"], do_sample=False, return_full_text=False,
+)
+
+# Instrument model.generate (what the pipeline calls once per chain step): prompt and generated
+# tokens, and the time to the first token (prefill) vs the rest (decode), via a stopping
+# criterion that only records the time it is first called (right after the first token).
+calls = []
+_generate = model.generate
+
+class FirstToken(StoppingCriteria):
+    def __init__(self):
+        self.t = None
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.t is None:
+            self.t = time.perf_counter()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+def generate(*args, **kwargs):
+    first = FirstToken()
+    kwargs["stopping_criteria"] = StoppingCriteriaList(list(kwargs.get("stopping_criteria") or []) + [first])
+    ids = kwargs["input_ids"]
+    t0 = time.perf_counter()
+    out = _generate(*args, **kwargs)
+    t1 = time.perf_counter()
+    seq = out.sequences if hasattr(out, "sequences") else out
+    new = seq[0, ids.shape[1]:].tolist()
+    stopped = bool(new) and new[-1] == tok.eos_token_id
+    calls.append({
+        "prompt_tokens": int(ids.shape[1]), "completion_tokens": len(new) - stopped, "eos": stopped,
+        "prefill_s": (first.t or t1) - t0, "decode_s": t1 - (first.t or t1), "total_s": t1 - t0,
+    })
+    return out
+
+model.generate = generate
+
+llm = HuggingFacePipeline(pipeline=pipe)
+initial = LLMChain(llm=llm, prompt=PromptTemplate.from_template(job["initial_template"]))
+chain = ConstitutionalChain.from_llm(
+    llm=llm, chain=initial, constitutional_principles=[PRINCIPLES[job["principle"]]], return_intermediate_steps=True
+)
+
+llm.invoke("Human: Hello there.\n\nModel:")  # warm-up, not timed
+calls.clear()
+
+skipped = 0
+per_prompt = []
+t0 = time.perf_counter()
+for i, question in enumerate(job["prompts"]):
+    start = len(calls)
+    out = chain.invoke({"question": question})
+    skipped += sum(1 for _, revision in out["critiques_and_revisions"] if revision == "")
+    per_prompt.append(len(calls) - start)
+    if (i + 1) % 8 == 0:
+        print(f"[langchain] {i + 1}/{len(job['prompts'])} prompts, {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+seconds = time.perf_counter() - t0
+
+print(json.dumps({
+    "seconds": seconds, "prompts": len(job["prompts"]), "calls": calls, "calls_per_prompt": per_prompt,
+    "revisions_skipped": skipped, "torch_threads": torch.get_num_threads(),
+}))
+'''
+
+
+def ensure_langchain_venv() -> Path:
+    """benchmarks/.venv-langchain with the pinned LangChain stack; created once, reused after."""
+    python = LC_VENV / "bin" / "python"
+    stamp = LC_VENV / (".installed-" + "-".join(p.replace("==", "_") for p in [TORCH_PIN, *LC_PINS]))
+    if stamp.is_file():
+        return python
+    print(f"[setup] creating {LC_VENV.relative_to(REPO)} ({TORCH_PIN}, {', '.join(LC_PINS)}) ...", flush=True)
+    if not python.is_file():
+        subprocess.run(["python3", "-m", "venv", str(LC_VENV)], check=True)
+    # torch first, pinned, so transformers pulls no CUDA packages.
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", TORCH_PIN], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *LC_PINS], check=True)
+    stamp.touch()
+    return python
+
+
+def langchain(python: Path, job: dict, log_to_stderr: bool = True) -> dict:
+    script = WORK / "langchain_side.py"
+    script.write_text(LANGCHAIN_SIDE.lstrip())
+    job_file = WORK / f"job-{job['mode']}.json"
+    job_file.write_text(json.dumps(job))
+    proc = subprocess.run(
+        [str(python), str(script), str(job_file)],
+        stdout=subprocess.PIPE,
+        stderr=None if log_to_stderr else subprocess.DEVNULL,
+        text=True,
+        env=os.environ | {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"the LangChain side failed (exit {proc.returncode}); see its output above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the cai side
+
+
+def write_constitution(path: Path, exported: dict, principle: str) -> None:
+    """LangChain's principle and few-shot examples in cai's constitution format (same text)."""
+    import yaml
+
+    p = exported["principle"]
+    examples = [
+        [
+            {"role": "user", "content": e["input_prompt"]},
+            {"role": "assistant", "content": e["output_from_model"]},
+            {"role": "user", "content": e["critique_request"]},
+            {"role": "assistant", "content": e["critique"]},
+            {"role": "user", "content": e["revision_request"]},
+            {"role": "assistant", "content": e["revision"]},
+        ]
+        for e in exported["examples"]
+    ]
+    data = {
+        "name": "langchain-constitutional-chain",
+        "sl_principles": [{"id": principle, "critique": p["critique_request"], "revision": p["revision_request"]}],
+        "rl_principles": [],
+        "critique_examples": examples,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
+
+
+def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool) -> dict:
+    """The whole critique stage, timed from `critique.run` in to out (model load excluded, as on the LangChain side)."""
+    import yaml
+
+    from cai.backends.local import BackendStats, LocalBackend
+    from cai.config import load_config
+    from cai.records import GenerationParams, user
+    from cai.stages import critique
+
+    config_path = tmp / f"{name}.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp / f"run-{name}"),
+                "seed": 0,
+                "constitution": str(constitution),
+                "prompts": {"red_team": {"path": str(prompts), "format": "hh-rlhf", "limit": n}},
+                "models": {
+                    "policy": {
+                        "backend": "local",
+                        "path": str(model_dir),
+                        "dtype": "float32",
+                        "device": "cpu",
+                        "prefix_cache": prefix_cache,
+                        "batch_size": args.batch_size,
+                    }
+                },
+                "critique": {
+                    "revisions": 1,
+                    "max_new_tokens": args.max_new_tokens,
+                    "batch_size": args.batch_size,
+                    "temperature": 0.0,
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    config = load_config(config_path)
+    backend = LocalBackend.from_spec(config.models.policy)
+    backend.generate([[user("Hello there.")]], GenerationParams(max_new_tokens=8))  # warm-up, not timed
+    backend.close()  # empties the prefix cache
+    backend.stats = BackendStats()
+
+    t0 = time.perf_counter()
+    out_dir = critique.run(config, backend=backend)
+    seconds = time.perf_counter() - t0
+    records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
+    s = backend.stats
+    return {
+        "name": name,
+        "seconds": seconds,
+        "prompts": len(records),
+        "prompt_tokens": s.prompt_tokens,
+        "cached_tokens": s.cached_tokens,
+        "completion_tokens": s.completion_tokens,
+        "prefill_s": s.prefill_s,
+        "decode_s": s.decode_s,
+        "steps": 3 * len(records),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores visible, {platform.system()} {platform.release()}"
+
+
+def lc_summary(lc: dict) -> dict:
+    calls = lc["calls"]
+    return {
+        "name": "LangChain ConstitutionalChain",
+        "seconds": lc["seconds"],
+        "prompts": lc["prompts"],
+        "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+        "cached_tokens": 0,
+        "completion_tokens": sum(c["completion_tokens"] for c in calls),
+        "prefill_s": sum(c["prefill_s"] for c in calls),
+        "decode_s": sum(c["decode_s"] for c in calls),
+        "steps": len(calls),
+    }
+
+
+def table(rows: list[dict], base: dict) -> str:
+    base_rate = base["prompts"] / base["seconds"]
+    lines = [
+        "| system | prompts | steps | seconds | prompts/s | vs LangChain | prompt tokens (cached) | tokens generated | prefill s | decode s |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        rate = r["prompts"] / r["seconds"]
+        cached = f"{r['prompt_tokens']:,} ({r['cached_tokens'] / max(r['prompt_tokens'], 1):.0%})"
+        lines.append(
+            f"| {r['name']} | {r['prompts']} | {r['steps']} | {r['seconds']:.1f} | {rate:.3f} | {rate / base_rate:.1f}x | "
+            f"{cached} | {r['completion_tokens']:,} | {r['prefill_s']:.1f} | {r['decode_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n\nOne section per benchmark script; each script rewrites its own section.\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    RESULTS.write_text(new.rstrip("\n") + "\n")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "hh_rlhf",
+        nargs="?",
+        default="../shared/anchors/hh-rlhf/harmless-base-test.jsonl.gz",
+        help="hh-rlhf transcripts (.jsonl.gz); relative paths are relative to the repo root",
+    )
+    ap.add_argument("--prompts", type=int, default=64, help="red-team prompts for cai")
+    ap.add_argument("--langchain-prompts", type=int, default=None, help="prompts for LangChain (default: --prompts); prompts/s is compared")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="token budget of every step, both sides")
+    ap.add_argument("--batch-size", type=int, default=64, help="cai: conversations per generate call (critique.batch_size and the backend's)")
+    ap.add_argument("--principle", default="harmful1", help="key of langchain_classic's PRINCIPLES")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    ap.add_argument("--skip-no-cache", action="store_true", help="skip the cai run without prefix cache")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
+    args = ap.parse_args()
+    hh = Path(args.hh_rlhf)
+    hh = hh if hh.is_absolute() else (REPO / hh).resolve()
+    n_lc = args.langchain_prompts or args.prompts
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cai.config import PromptSource
+    from cai.prompts import load_prompts
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    model_dir = build_model(WORK / f"llama-{SHAPE['hidden_size']}x{SHAPE['num_hidden_layers']}-bpe{VOCAB}", hh)
+    from transformers import AutoModelForCausalLM
+
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+    lc_python = ensure_langchain_venv()
+    exported = langchain(lc_python, {"mode": "export", "principle": args.principle, "threads": args.threads})
+
+    with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        constitution = tmp / "constitution.yaml"
+        write_constitution(constitution, exported, args.principle)
+        questions = [p.text for p in load_prompts(PromptSource(path=str(hh), format="hh-rlhf", limit=max(args.prompts, n_lc))).prompts]
+
+        partial = WORK / f"partial-{args.threads}t.json"  # each system's numbers as soon as it is done
+        print(f"[cai] prefix cache on: {args.prompts} prompts", flush=True)
+        rows = [run_cai(tmp, "cai (prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=True)]
+        partial.write_text(json.dumps(rows, indent=1))
+        if not args.skip_no_cache:
+            print(f"[cai] prefix cache off: {args.prompts} prompts", flush=True)
+            rows.append(run_cai(tmp, "cai (no prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=False))
+            partial.write_text(json.dumps(rows, indent=1))
+        print(f"[langchain] {n_lc} prompts, one chain call at a time", flush=True)
+        lc_raw = langchain(
+            lc_python,
+            {
+                "mode": "run",
+                "model": str(model_dir),
+                "prompts": questions[:n_lc],
+                "principle": args.principle,
+                "initial_template": INITIAL_TEMPLATE,
+                "max_new_tokens": args.max_new_tokens,
+                "threads": args.threads,
+            },
+        )
+    lc = lc_summary(lc_raw)
+    rows.append(lc)
+    load_after = os.getloadavg()
+
+    tab = table(rows, lc)
+    print()
+    print(tab)
+    cai_row = rows[0]
+    ratio = (cai_row["prompts"] / cai_row["seconds"]) / (lc["prompts"] / lc["seconds"])
+    print(f"\ncai / LangChain: {ratio:.1f}x prompts/s (target 8x)")
+
+    calls = lc_raw["calls"]
+    by_step: dict[int, list[int]] = {}
+    i = 0
+    for k in lc_raw["calls_per_prompt"]:
+        for j in range(k):
+            by_step.setdefault(j, []).append(calls[i + j]["prompt_tokens"])
+        i += k
+    lc_prompt_lens = ", ".join(f"{name} {sum(v) / len(v):.0f}" for name, v in zip(("initial", "critique", "revision"), by_step.values()))
+    cai_gen = cai_row["completion_tokens"] / cai_row["steps"]
+    lc_gen = lc["completion_tokens"] / lc["steps"]
+    lc_eos = sum(c["eos"] for c in calls)
+
+    date = datetime.date.today().isoformat()
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("hh_rlhf", "no_write", "skip_no_cache") and v is not None and v != ap.get_default(k)]
+    cmd = " ".join([".venv/bin/python benchmarks/critique_throughput.py", *flags])
+    text = f"""{SECTION}
+
+`{cmd}` — {date}
+
+**What:** the SL-CAI critique stage (initial answer, one critique, one revision per prompt) on
+hh-rlhf red-team prompts (`harmless-base-test.jsonl.gz`, first {args.prompts} unique human turns), cai's
+local backend vs LangChain's `ConstitutionalChain` (langchain-classic 1.0.8, langchain-huggingface
+1.2.3 `HuggingFacePipeline`, transformers 5.24.0, torch 2.13.0 CPU), in the same run.
+
+**Machine:** {machine()}; torch threads = {args.threads} on both sides. Load average
+{load_before[0]:.2f} before, {load_after[0]:.2f} after (other processes share this machine, so
+absolute numbers move between runs; the ratio less so, since each side runs alone in turn).
+
+**Model:** Llama, random weights, {n_params / 1e6:.1f}M parameters (hidden {SHAPE['hidden_size']},
+{SHAPE['num_hidden_layers']} layers, {SHAPE['num_attention_heads']} heads / {SHAPE['num_key_value_heads']} KV heads,
+MLP {SHAPE['intermediate_size']}, untied head), byte-level BPE with {VOCAB} tokens trained on the
+hh-rlhf transcripts, ChatML template, eos `<|im_end|>`, float32.
+
+**Settings:** `max_new_tokens={args.max_new_tokens}`, greedy, both sides. Principle: LangChain's
+`PRINCIPLES["{args.principle}"]`; few-shot: LangChain's 4 `examples` (as its prompts lay them out;
+for cai, the same strings as a constitution YAML, each example six chat turns). cai:
+`critique.batch_size={args.batch_size}`, backend `batch_size={args.batch_size}`, the whole
+`critique.run` timed (prompt loading, run store, records and HF dataset writes included); model
+load and a short warm-up excluded on both sides. LangChain: one chain call per prompt, one model
+call per step at batch 1 (initial chain prompt `{INITIAL_TEMPLATE!r}`), {n_lc} prompts.
+
+{tab}
+
+**cai / LangChain: {ratio:.1f}x prompts/s** (target 8x).
+
+- Equal work: cai generated {cai_gen:.1f} tokens per step, LangChain {lc_gen:.1f}
+  ({lc_eos} of {len(calls)} LangChain steps and {3 * cai_row['prompts'] * args.max_new_tokens - cai_row['completion_tokens']} cai tokens short of the budget
+  ended on eos); LangChain skipped {lc_raw['revisions_skipped']} revisions ("no critique needed").
+- Where cai's time goes (prefix cache on): prefill {cai_row['prefill_s']:.1f} s, decode {cai_row['decode_s']:.1f} s
+  of {cai_row['seconds']:.1f} s; {cai_row['cached_tokens'] / cai_row['prompt_tokens']:.0%} of the
+  {cai_row['prompt_tokens']:,} prompt tokens came from the prefix cache.
+- LangChain's prompts average {lc_prompt_lens} tokens per step; prefill (time to first
+  token) is {lc['prefill_s']:.1f} s of its {lc['seconds']:.1f} s.
+"""
+    if len(rows) == 3:
+        nc = rows[1]
+        text += (
+            f"- Without the prefix cache cai takes {nc['seconds']:.1f} s (prefill {nc['prefill_s']:.1f} s, "
+            f"decode {nc['decode_s']:.1f} s): the cache gives {nc['seconds'] / cai_row['seconds']:.1f}x on its own.\n"
+        )
+    text += NOTES
+    (WORK / f"section-{args.threads}t.md").write_text(text)
+    (WORK / f"raw-{args.threads}t.json").write_text(json.dumps({"rows": rows, "langchain": lc_raw}, indent=1))
+    if not args.no_write:
+        write_results(text)
+        print(f"\nwrote the {SECTION} section of {RESULTS.relative_to(REPO)}")
+
+
+NOTES = """
+**What differs between the two setups** (same model weights, same principle and few-shot strings,
+same token budget, greedy):
+- Layout: LangChain sends raw text in its own few-shot format (`Human: ... Model: ... Critique
+  Request: ...`, examples joined by ` === `; its critique prompt leaves the revision fields out of
+  the examples). cai sends chat turns through the model's ChatML template, and every step of a
+  prompt, the initial answer included, sees all four examples (the whole conversation grows turn
+  by turn), so cai's prompts are longer, not shorter; most of them are served from the cache.
+- Batching: cai runs each step for all prompts as batched generate calls; the chain is sequential
+  per prompt by design (one model call per step at batch 1). Part of cai's gain is batching, part
+  is the prefix cache: the no-cache row separates the two.
+- The chain text-parses the critique and skips the revision when it says "no critique needed";
+  with random weights it never does, so both sides run three steps per prompt.
+- cai's timing includes its run store and dataset writes; LangChain keeps results in memory.
+- Random weights: outputs are noise and eos is rare, so every step generates about the full budget
+  on both sides. A trained model stops earlier and changes the decode share, not the prefill one.
+"""
+
+
+if __name__ == "__main__":
+    main()
