@@ -356,21 +356,22 @@ def lc_summary(lc: dict) -> dict:
         "prefill_s": sum(c["prefill_s"] for c in calls),
         "decode_s": sum(c["decode_s"] for c in calls),
         "steps": len(calls),
+        "load": lc["load"],
     }
 
 
 def table(rows: list[dict], base: dict) -> str:
     base_rate = base["prompts"] / base["seconds"]
     lines = [
-        "| system | prompts | steps | seconds | prompts/s | vs LangChain | prompt tokens (cached) | tokens generated | prefill s | decode s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| system | prompts | steps | seconds | prompts/s | vs LangChain | prompt tokens (cached) | tokens generated | prefill s | decode s | load avg |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         rate = r["prompts"] / r["seconds"]
         cached = f"{r['prompt_tokens']:,} ({r['cached_tokens'] / max(r['prompt_tokens'], 1):.0%})"
         lines.append(
             f"| {r['name']} | {r['prompts']} | {r['steps']} | {r['seconds']:.1f} | {rate:.3f} | {rate / base_rate:.1f}x | "
-            f"{cached} | {r['completion_tokens']:,} | {r['prefill_s']:.1f} | {r['decode_s']:.1f} |"
+            f"{cached} | {r['completion_tokens']:,} | {r['prefill_s']:.1f} | {r['decode_s']:.1f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -405,6 +406,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     ap.add_argument("--skip-no-cache", action="store_true", help="skip the cai run without prefix cache")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
+    ap.add_argument("--resume", action="store_true", help="reuse the systems an interrupted run with the same settings finished")
     args = ap.parse_args()
     hh = Path(args.hh_rlhf)
     hh = hh if hh.is_absolute() else (REPO / hh).resolve()
@@ -418,7 +420,6 @@ def main() -> None:
     from cai.prompts import load_prompts
 
     WORK.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
     model_dir = build_model(WORK / f"llama-{SHAPE['hidden_size']}x{SHAPE['num_hidden_layers']}-bpe{VOCAB}", hh)
     from transformers import AutoModelForCausalLM
 
@@ -432,30 +433,43 @@ def main() -> None:
         write_constitution(constitution, exported, args.principle)
         questions = [p.text for p in load_prompts(PromptSource(path=str(hh), format="hh-rlhf", limit=max(args.prompts, n_lc))).prompts]
 
-        partial = WORK / f"partial-{args.threads}t.json"  # each system's numbers as soon as it is done
+        # Each system's numbers are saved as soon as it is done; --resume reuses those made with
+        # the same settings (a long run that gets killed need not start over).
+        partial = WORK / f"partial-{args.threads}t.json"
+        settings = {k: v for k, v in vars(args).items() if k not in ("no_write", "skip_no_cache", "resume")}
+        saved = json.loads(partial.read_text()) if (args.resume and partial.is_file()) else {}
+        done = saved.get("results", {}) if saved.get("settings") == settings else {}
+        if args.resume:
+            print(f"[resume] reusing: {', '.join(done) or 'nothing'}", flush=True)
+
+        def measured(key: str, fn):
+            if key not in done:
+                before = os.getloadavg()[0]
+                done[key] = fn()
+                done[key]["load"] = [before, os.getloadavg()[0]]  # 1-minute load average around it
+                partial.write_text(json.dumps({"settings": settings, "results": done}, indent=1))
+            return done[key]
+
         print(f"[cai] prefix cache on: {args.prompts} prompts", flush=True)
-        rows = [run_cai(tmp, "cai (prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=True)]
-        partial.write_text(json.dumps(rows, indent=1))
+        rows = [measured("cai", lambda: run_cai(tmp, "cai (prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=True))]
         if not args.skip_no_cache:
             print(f"[cai] prefix cache off: {args.prompts} prompts", flush=True)
-            rows.append(run_cai(tmp, "cai (no prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=False))
-            partial.write_text(json.dumps(rows, indent=1))
+            rows.append(
+                measured("cai-no-cache", lambda: run_cai(tmp, "cai (no prefix cache)", model_dir, constitution, hh, args.prompts, args, prefix_cache=False))
+            )
         print(f"[langchain] {n_lc} prompts, one chain call at a time", flush=True)
-        lc_raw = langchain(
-            lc_python,
-            {
-                "mode": "run",
-                "model": str(model_dir),
-                "prompts": questions[:n_lc],
-                "principle": args.principle,
-                "initial_template": INITIAL_TEMPLATE,
-                "max_new_tokens": args.max_new_tokens,
-                "threads": args.threads,
-            },
-        )
+        job = {
+            "mode": "run",
+            "model": str(model_dir),
+            "prompts": questions[:n_lc],
+            "principle": args.principle,
+            "initial_template": INITIAL_TEMPLATE,
+            "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads,
+        }
+        lc_raw = measured("langchain", lambda: langchain(lc_python, job))
     lc = lc_summary(lc_raw)
     rows.append(lc)
-    load_after = os.getloadavg()
 
     tab = table(rows, lc)
     print()
@@ -477,7 +491,7 @@ def main() -> None:
     lc_eos = sum(c["eos"] for c in calls)
 
     date = datetime.date.today().isoformat()
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("hh_rlhf", "no_write", "skip_no_cache") and v is not None and v != ap.get_default(k)]
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("hh_rlhf", "no_write", "skip_no_cache", "resume") and v is not None and v != ap.get_default(k)]
     cmd = " ".join([".venv/bin/python benchmarks/critique_throughput.py", *flags])
     text = f"""{SECTION}
 
@@ -488,9 +502,9 @@ hh-rlhf red-team prompts (`harmless-base-test.jsonl.gz`, first {args.prompts} un
 local backend vs LangChain's `ConstitutionalChain` (langchain-classic 1.0.8, langchain-huggingface
 1.2.3 `HuggingFacePipeline`, transformers 5.24.0, torch 2.13.0 CPU), in the same run.
 
-**Machine:** {machine()}; torch threads = {args.threads} on both sides. Load average
-{load_before[0]:.2f} before, {load_after[0]:.2f} after (other processes share this machine, so
-absolute numbers move between runs; the ratio less so, since each side runs alone in turn).
+**Machine:** {machine()}; torch threads = {args.threads} on both sides. Other
+processes share this machine: the table's last column is the 1-minute load average before and
+after each system ran (2.0 = both cores busy); the systems run one after the other.
 
 **Model:** Llama, random weights, {n_params / 1e6:.1f}M parameters (hidden {SHAPE['hidden_size']},
 {SHAPE['num_hidden_layers']} layers, {SHAPE['num_attention_heads']} heads / {SHAPE['num_key_value_heads']} KV heads,
