@@ -117,7 +117,11 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
     params = GenerationParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, stop=tuple(c.stop))
     position = {p.id: i for i, p in enumerate(prompts)}
     steps_per_prompt = len(next(iter(plans.values())))
-    bar = tqdm(total=len(prompts), initial=resumed / steps_per_prompt, unit="prompt", desc="critique", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(prompts), initial=resumed / steps_per_prompt, unit="prompt", desc="critique", dynamic_ncols=True,
+        # prompts advance by 1/steps_per_prompt per step: show whole prompts, not 10.666666/180
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+    )
     t0, tokens, generated = time.perf_counter(), 0, 0
     try:
         while True:
