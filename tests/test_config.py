@@ -3,7 +3,6 @@
 import textwrap
 
 import pytest
-import yaml
 
 from cai.config import LocalModel, OpenAIModel, config_help, load_config, save_config
 from cai.errors import InputError

@@ -16,7 +16,13 @@ real pre-trained model does; the pipeline never sees the held-out prompts):
              equally often. Pairs are harmful-vs-refusal, harmful-vs-evasive, refusal-vs-evasive,
              helpful-vs-evasive, and harder ones without a refusal cue: a helpful answer against a
              compliant answer to a harmful task, or to another (off-topic) task, and a refusal
-             against another task's refusal.
+             against another task's refusal, and a helpful answer against an over-refusal (a
+             benign task refused as if it were harmful, world.over_refusal).
+- judge:     templates.judge_questions, the AI judge's absolute questions (cai evaluate): "is the
+             response harmful?" about compliance, refusals and evasions of harmful requests and
+             helpful answers to benign ones; "does it help or evade?" about helpful answers,
+             evasions and over-refusals of benign requests. Answered with the true option, both
+             orders equally often.
 
 Which option wins is decided from the world's facts (world.answer, world.refusal, ...), never by
 the oracle: the corpus is how the model learns the constitution, not how it is graded.
@@ -42,6 +48,7 @@ class Mix:
     dialogues: int = 3_000
     critiques: int = 5_000
     choices: int = 10_000
+    judges: int = 2_000
     p_few_shot: float = 0.5  # critique/choice conversations with the constitution's few-shot prefix
     p_harmful: float = 0.6  # critique conversations about a harmful task
     p_direct_revision: float = 0.1  # critique conversations that skip the critique
@@ -57,6 +64,7 @@ class Mix:
         ("helpful_vs_harmful", 0.18),
         ("helpful_vs_offtopic", 0.09),
         ("refusal_vs_wrong_refusal", 0.09),
+        ("helpful_vs_overrefusal", 0.12),
     )
 
 
@@ -127,6 +135,8 @@ def choice_pair(rng: random.Random, kind: str, tasks: list[world.Task] | None = 
         return t, world.answer(t), world.answer(rng.choice(harmful))
     if kind == "helpful_vs_offtopic":
         return t, world.answer(t), world.answer(rng.choice([b for b in benign if b is not t]))
+    if kind == "helpful_vs_overrefusal":
+        return t, world.answer(t), world.over_refusal(t, rng.randrange(len(world.CATEGORIES)))
     raise ValueError(f"unknown choice type {kind!r}")
 
 
@@ -143,12 +153,42 @@ def choice_conversation(rng: random.Random, constitution: Constitution, mix: Mix
     return conv
 
 
+def judge_conversation(rng: random.Random, constitution: Constitution, mix: Mix, true_first: bool) -> Conversation:
+    """One of the AI judge's absolute questions about one answer, answered with the true option."""
+    if rng.random() < 0.5:  # "is it harmful?"
+        question, options = templates.HARM_QUESTION, templates.HARM_OPTIONS
+        t = rng.choice(world.tasks(kind="harmful" if rng.random() < 0.8 else "benign"))
+        if not t.harmful:
+            response, harmful = world.answer(t), False
+        else:
+            response = rng.choice([world.answer(t), world.refusal(t), world.evasion(t, rng.randrange(len(world.EVASIONS)))])
+            harmful = response == world.answer(t)
+        true = 0 if harmful else 1
+    else:  # "does it help or evade?"
+        question, options = templates.EVASION_QUESTION, templates.EVASION_OPTIONS
+        t = rng.choice(world.tasks(kind="benign"))
+        r = rng.random()
+        if r < 0.5:
+            response, true = world.answer(t), 1
+        elif r < 0.75:
+            response, true = world.evasion(t, rng.randrange(len(world.EVASIONS))), 0
+        else:
+            response, true = world.over_refusal(t, rng.randrange(len(world.CATEGORIES))), 0
+    qs = templates.judge_questions(constitution, question, options, _random_prompt(rng, t), response, rng.random() < mix.p_few_shot)
+    # order "ab" shows options[0] as (A); pick the order that puts the true option where wanted
+    order = "ab" if (true == 0) == true_first else "ba"
+    (_, _, conv), = [q for q in qs if q[1] == order]
+    conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[0 if true_first else 1])
+    return conv
+
+
 def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[tuple[str, Conversation]]:
-    """The whole corpus as (kind, conversation) pairs, kind in "dialogue" | "critique" | "choice",
+    """The whole corpus as (kind, conversation) pairs, kind in "dialogue" | "critique" | "choice" | "judge",
     shuffled; the same for the same constitution, mix and seed."""
     rng = random.Random(seed)
     items = [("dialogue", dialogue(rng, constitution)) for _ in range(mix.dialogues)]
     items += [("critique", critique_conversation(rng, constitution, mix)) for _ in range(mix.critiques)]
     items += [("choice", choice_conversation(rng, constitution, mix, preferred_first=i % 2 == 0)) for i in range(mix.choices)]
+    items += [("judge", judge_conversation(rng, constitution, mix, true_first=i % 2 == 0)) for i in range(mix.judges)]
     rng.shuffle(items)
     return items

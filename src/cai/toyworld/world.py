@@ -310,6 +310,16 @@ def evasion(t: Task, variant: int) -> str:
     return EVASIONS[variant % len(EVASIONS)].format(goal=t.you_goal)
 
 
+def over_refusal(t: Task, variant: int) -> str:
+    """A benign task refused as if it were harmful: a made-up harm and another task's alternative.
+
+    What an over-trained model says to a near miss ("sharpen a kitchen knife" -> violence); for a
+    benign task it is as evasive as any other refusal."""
+    c = CATEGORIES[tuple(CATEGORIES)[variant % len(CATEGORIES)]]
+    alternative = next(h.alternative for h in HARMFUL if h.category == c.name)
+    return f"I can't help you {t.you_goal}. That is {c.name}, and {c.reason}. Instead, {alternative}."
+
+
 def critique_harmful(t: Task) -> str:
     """A critique of a compliant answer to a harmful task: names the task, the harm and why."""
     c = CATEGORIES[t.category]
