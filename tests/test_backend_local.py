@@ -83,6 +83,26 @@ def test_option_logprobs_equal_a_manual_forward_pass(backends):
     assert scores.missing == (False, False)
 
 
+def test_option_logprobs_batched_with_options_of_different_lengths(backends):
+    """Prompts of different lengths in one batch (left padding), options of 1 to 4 tokens (right
+    padding in the continuation pass): every score equals its own unpadded forward pass."""
+    backend, _ = backends
+    batch = [c + [{"role": "assistant", "content": "the answer is:"}] for c in convs()]
+    options = [" (a)", " yes", " (b) maybe", "!"]
+    got = backend.option_logprobs(batch, options)
+    lengths = set()
+    for conv, scores in zip(batch, got):
+        prompt = backend.encode(conv)
+        for option, score in zip(options, scores.logprobs):
+            opt = backend._option_ids(conv, prompt, option)
+            lengths.add(len(opt))
+            logp = torch.log_softmax(backend.model(torch.tensor([prompt + opt])).logits.float(), -1)[0]
+            want = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(opt))
+            assert score == pytest.approx(want, abs=1e-4), (option, score, want)
+    assert len(lengths) >= 3 and min(lengths) == 1, lengths
+    assert len({len(backend.encode(c)) for c in batch}) > 1
+
+
 def test_seeded_sampling_does_not_depend_on_batch_order(backends):
     cached, plain = backends
     params = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.9)

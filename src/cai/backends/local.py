@@ -409,29 +409,44 @@ class LocalBackend:
         return self.tokenizer(option, add_special_tokens=False)["input_ids"]
 
     def _score_batch(self, prompts: list[list[int]], conversations: list[Conversation], options: list[str]) -> list[OptionScores]:
+        """Each prompt is computed once, not once per option: one forward pass over the prompts (whose
+        last logits score every option's first token) and, for options of more than one token, one
+        short pass over the options' other tokens on top of the prompts' KV cache."""
         self._warm_shared_prefix(prompts)
-        rows, caps, spans = [], [], []
-        for p, conv in zip(prompts, conversations):
-            for opt in options:
-                ids = self._option_ids(conv, p, opt)
-                rows.append(p + ids)
-                caps.append(len(p) - 1)  # the last prompt token's logits predict the first option token
-                spans.append(len(ids))
-        keep = max(spans) + 1
-        t0 = time.perf_counter()
-        logits, *_ = self._prefill(rows, caps, logits_to_keep=keep)  # (B*K, keep, V)
-        self.stats.prefill_s += time.perf_counter() - t0
-        logp = torch.log_softmax(logits, dim=-1)
-        scores = []
-        for r, (row, n) in enumerate(zip(rows, spans)):
-            # Row r ends with its n option tokens; position keep-1-n predicts the first of them.
-            target = torch.tensor(row[-n:], device=logp.device)
-            pred = logp[r, keep - 1 - n : keep - 1]  # (n, V)
-            scores.append(float(pred.gather(1, target[:, None]).sum()))
         K = len(options)
-        return [
-            OptionScores(logprobs=tuple(scores[i * K : (i + 1) * K]), missing=(False,) * K) for i in range(len(prompts))
-        ]
+        ids = [[self._option_ids(conv, p, opt) for opt in options] for p, conv in zip(prompts, conversations)]
+        t0 = time.perf_counter()
+        logits, kv_cache, mask, pos = self._prefill(prompts, [len(p) - 1 for p in prompts], logits_to_keep=1)
+        first = torch.log_softmax(logits[:, -1], dim=-1)  # (B, V): predicts every option's first token
+        scores = [[float(first[i, ids[i][k][0]]) for k in range(K)] for i in range(len(prompts))]
+        longest = max(len(x) for row in ids for x in row)
+        if longest > 1:
+            # Row i*K+k continues prompt i with option k's tokens but its last (right-padded), and
+            # its logits predict option k's tokens after the first.
+            B, M = len(prompts) * K, longest - 1
+            kv_cache.batch_repeat_interleave(K)
+            cont = torch.full((B, M), self.pad_id, dtype=torch.long)
+            cont_mask = torch.zeros(B, M, dtype=torch.long)
+            for r in range(B):
+                x = ids[r // K][r % K][:-1]
+                cont[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+                cont_mask[r, : len(x)] = 1
+            positions = pos.repeat_interleave(K)[:, None] + torch.arange(M)[None, :]
+            out = self.model(
+                input_ids=cont.to(self.device),
+                attention_mask=torch.cat([mask.repeat_interleave(K, dim=0), cont_mask], dim=1).to(self.device),
+                position_ids=positions.to(self.device),
+                cache=kv_cache,
+                use_cache=True,
+            )
+            logp = torch.log_softmax(out.logits.float(), dim=-1)  # (B, M, V)
+            for r in range(B):
+                rest = ids[r // K][r % K][1:]
+                if rest:
+                    target = torch.tensor(rest, device=logp.device)
+                    scores[r // K][r % K] += float(logp[r, : len(rest)].gather(1, target[:, None]).sum())
+        self.stats.prefill_s += time.perf_counter() - t0
+        return [OptionScores(logprobs=tuple(row), missing=(False,) * K) for row in scores]
 
 
 def _sample(logits: torch.Tensor, params: GenerationParams, generators: list[torch.Generator]) -> torch.Tensor:
