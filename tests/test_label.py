@@ -130,6 +130,40 @@ def test_ensembling_and_hard_labels_with_margin(tmp_path):
         label.run(load_config(path, ["label.hard=true", "label.margin=0.25"]), backend=FirstOptionBiased(t=1.0, bias=0.0), force=True)
 
 
+class DiesAfter(FirstOptionBiased):
+    """Raises after `n` scoring calls, as a killed process stops mid-stage."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def option_logprobs(self, conversations, options):
+        if self.n == 0:
+            raise RuntimeError("killed")
+        self.n -= 1
+        return super().option_logprobs(conversations, options)
+
+
+def test_interrupted_label_resumes_with_the_same_config(tmp_path):
+    """The config holds a tuple (label.clamp): its fingerprint must compare equal after the JSON
+    round trip through the run store, or an interrupted stage could never be resumed."""
+    write_pairs(tmp_path / "run")
+    path = config_file(tmp_path, extra="label: {batch_size: 4}\n")
+    with pytest.raises(RuntimeError, match="killed"):
+        label.run(load_config(path), backend=DiesAfter(2))
+    calls = []
+
+    class Counting(FirstOptionBiased):
+        def option_logprobs(self, conversations, options):
+            calls.append(len(conversations))
+            return super().option_logprobs(conversations, options)
+
+    out = label.run(load_config(path), backend=Counting())
+    rows = [json.loads(l) for l in (out / "preferences.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and len({r["pair_id"] for r in rows}) == 20
+    assert sum(calls) == 2 * 20 - 2 * 4  # both orders of 20 pairs, less the 2 batches of 4 kept from before
+
+
 def test_label_needs_pairs(tmp_path):
     with pytest.raises(InputError, match="run `cai sample` first"):
         label.run(load_config(config_file(tmp_path)), backend=FirstOptionBiased())

@@ -46,6 +46,7 @@ def begin(store: RunStore, stage: str, fingerprint: dict[str, Any], force: bool)
     """
     prev = store.stage(stage)
     fp = json.dumps(fingerprint, sort_keys=True)
+    fingerprint = json.loads(fp)  # as it will read back: tuples become lists
     if prev is not None and not force:
         old = json.loads(prev["fingerprint"])
         if old != fingerprint:
