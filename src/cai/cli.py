@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    p.add_argument("--force", action="store_true", help="discard the selected stages' earlier output and redo them (with --from: that stage and every later one)")
 
     p = sub.add_parser("toyworld", help="the toy world: train | baseline | prompts (see docs/toyworld.md)")
     p.add_argument("action", choices=["train", "baseline", "prompts"])
@@ -99,7 +100,7 @@ def run_command(args: argparse.Namespace) -> None:
         from cai import pipeline
         from cai.config import load_config
 
-        pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until)
+        pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until, force=args.force)
     elif args.command == "toyworld":
         import importlib
 

@@ -1,11 +1,13 @@
 """`cai run CONFIG`: every stage in order, each skipped when done and resumed when interrupted.
 
-    cai run configs/toyworld.yaml [--from sample] [--until label] [--set KEY=VALUE ...]
+    cai run configs/toyworld.yaml [--from sample] [--until label] [--set KEY=VALUE ...] [--force]
 
 The order is the paper's: critique -> sft -> sample -> label -> train-pm -> ppo (or dpo) -> evaluate.
 Each stage decides for itself whether its output is complete (the run store records a
 fingerprint of the config it ran under), so running the same command again after a kill finishes
 the run and redoes nothing; a stage whose config changed is reported, not silently reused.
+After changing a stage's settings, `cai run CONFIG --from STAGE --force` redoes that stage and
+every later one (the later ones depend on it); once, since a rerun with --force starts over.
 """
 
 from __future__ import annotations
@@ -62,19 +64,14 @@ def headline(run_dir: Path, stage: str) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(s.items())[:3])
 
 
-def run(config: Config, start: str | None = None, until: str | None = None) -> None:
+def run(config: Config, start: str | None = None, until: str | None = None, force: bool = False) -> None:
+    """Run the selected stages in order; `force` discards their earlier output and redoes them."""
     plan = selected(config, start, until)
     t_all = time.perf_counter()
     for i, (name, module) in enumerate(plan, 1):
-        try:
-            stage = importlib.import_module(f"cai.stages.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"cai.stages.{module}":
-                raise
-            print(f"[{i}/{len(plan)}] {name}: not available in this version of cai; stopping here")
-            break
+        stage = importlib.import_module(f"cai.stages.{module}")
         t0 = time.perf_counter()
-        stage.run(config)
+        stage.run(config, force=force)
         print(f"[{i}/{len(plan)}] {name} done in {time.perf_counter() - t0:.0f}s: {headline(Path(config.run_dir), name)}", flush=True)
     print(f"[cai run] finished in {time.perf_counter() - t_all:.0f}s; outputs in {config.run_dir}")
     metrics = Path(config.run_dir) / "evaluate" / "metrics.json"
