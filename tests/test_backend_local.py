@@ -50,6 +50,8 @@ def test_prefix_cache_reuses_shared_prefix_and_earlier_turns_with_identical_outp
     # the few-shot prefix was computed once and reused by every row
     assert cached.stats.cached_tokens >= (len(QUESTIONS) - 0) * 40
     assert plain.stats.cached_tokens == 0
+    # ... and attended once for the whole batch (shared-prefix attention), not once per row
+    assert cached.stats.shared_prefix_batches >= 1 and plain.stats.shared_prefix_batches == 0
     # round two: the earlier turns of each conversation come from the cache
     second = [c + [{"role": "assistant", "content": g.text}, {"role": "user", "content": "critique request"}] for c, g in zip(convs(), first_c)]
     before = cached.stats.cached_tokens
@@ -141,3 +143,33 @@ def test_prefix_cache_evicts_least_recently_used_within_its_budget():
     assert cache.lookup(torch.arange(10), 5)[0] == 5  # capped
     cache.insert(torch.arange(20), kv(20))  # the 10-token prefix of it is dropped as redundant
     assert len(cache.entries) <= 2 and cache.nbytes <= cache.max_bytes
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "none", "additive"])
+def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys(mask_kind):
+    """Cascade attention (prefix once for the batch + each row's own keys, merged by their softmax
+    normalisers) against plain attention over [prefix copied into every row, own keys], with
+    grouped-query heads (6 query heads on 2 KV heads)."""
+    from types import SimpleNamespace
+
+    from cai.backends.local import _shared_prefix_attention
+
+    g = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, T, S, P, D = 3, 6, 2, 4, 9, 5, 8
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    pk, pv = torch.randn(1, Hkv, P, D, generator=g), torch.randn(1, Hkv, P, D, generator=g)
+    causal = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    if mask_kind == "none":
+        own, mask = causal.expand(B, 1, T, S), None
+    else:
+        own = causal & (torch.arange(S) >= torch.tensor([0, 2, 3])[:, None, None, None])  # left padding of 0, 2, 3
+        mask = own if mask_kind == "bool" else torch.zeros(B, 1, T, S).masked_fill(~own, torch.finfo(torch.float32).min)
+    got, _ = _shared_prefix_attention(SimpleNamespace(layer_idx=0), q, k, v, mask, scaling=D**-0.5, cai_prefix=[(pk, pv)])
+
+    keys = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2).repeat_interleave(Hq // Hkv, dim=1)
+    values = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2).repeat_interleave(Hq // Hkv, dim=1)
+    full = torch.cat([torch.ones(B, 1, T, P, dtype=torch.bool), own], dim=-1)
+    want = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=full).transpose(1, 2)
+    assert got.shape == (B, T, Hq, D)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

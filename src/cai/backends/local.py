@@ -42,6 +42,7 @@ class BackendStats:
     completion_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    shared_prefix_batches: int = 0  # generate batches whose shared prefix was attended once, not per row
 
 
 @dataclass
@@ -145,6 +146,54 @@ class _AppendLayer:
         kv_cache.layers = [AppendLayer(l.keys, l.values, l.keys.shape[-2] + extra) for l in kv_cache.layers]
 
 
+SHARED_PREFIX_ATTENTION = "cai_shared_prefix"
+SHARED_PREFIX_MIN = 64  # tokens; a shorter shared prefix is cheap enough to keep once per row
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention over [a prefix every row of the batch shares, stored once] + [each row's own keys].
+
+    Cascade attention (as FlashInfer and vLLM do it): the prefix's scores for the whole batch come
+    from one matmul, so its keys and values are read once per step instead of once per row; the
+    two parts are merged through their softmax normalisers. `kwargs["cai_prefix"]` holds the
+    prefix's (keys, values) per layer, each (1, H_kv, P, D). Without it this is plain sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix = kwargs.pop("cai_prefix", None)
+    if prefix is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    pk, pv = prefix[module.layer_idx]
+    B, Hq, T, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    rep = Hq // Hkv  # query head h reads KV head h // rep
+    scaling = D**-0.5 if scaling is None else scaling
+    q = query.reshape(B, Hkv, rep * T, D)
+    s_pre = torch.einsum("bgqd,gpd->bgqp", q, pk[0]) * scaling  # (B, Hkv, rep*T, P)
+    s_own = torch.matmul(q, key.transpose(-1, -2)) * scaling  # (B, Hkv, rep*T, S)
+    if attention_mask is None:  # sdpa_mask skipped it: no padding; causal among the new tokens
+        allowed = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)[None, None]
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask
+    else:  # additive
+        allowed = attention_mask == 0
+    allowed = allowed.expand(B, 1, T, S)[:, :, None].expand(B, 1, rep, T, S).reshape(B, 1, rep * T, S)
+    s_own = s_own.masked_fill(~allowed, float("-inf"))
+    m = torch.maximum(s_pre.amax(-1, keepdim=True), s_own.amax(-1, keepdim=True))
+    e_pre, e_own = (s_pre - m).exp(), (s_own - m).exp()
+    out = torch.einsum("bgqp,gpd->bgqd", e_pre, pv[0]) + torch.matmul(e_own, value)
+    out = out / (e_pre.sum(-1, keepdim=True) + e_own.sum(-1, keepdim=True))
+    return out.reshape(B, Hq, T, D).transpose(1, 2).contiguous(), None
+
+
+def _register_shared_prefix_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, _shared_prefix_attention)
+    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
+
+
 def _device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -181,6 +230,16 @@ class LocalBackend:
         text_config = model.config.get_text_config(decoder=True)
         full_attention = all(t == "full_attention" for t in (getattr(text_config, "layer_types", None) or ["full_attention"]))
         self.cache = PrefixCache(int(cache_gib * 2**30)) if (prefix_cache and full_attention) else None
+        # Shared-prefix attention for generation: plain sdpa models without softcapping or windows.
+        self.shared_attention = (
+            self.cache is not None
+            and getattr(text_config, "_attn_implementation", None) in ("sdpa", SHARED_PREFIX_ATTENTION)
+            and getattr(text_config, "attn_logit_softcapping", None) is None
+            and getattr(text_config, "sliding_window", None) is None
+        )
+        if self.shared_attention:
+            _register_shared_prefix_attention()
+            model.set_attn_implementation(SHARED_PREFIX_ATTENTION)
         self.stats = BackendStats()
         self._seeds = random.Random(0)
 
@@ -221,51 +280,67 @@ class LocalBackend:
 
     # ------------------------------------------------------------ prefill
 
-    def _warm_shared_prefix(self, rows: list[list[int]]) -> None:
-        """Compute the prefix all rows share once, so rows don't each recompute it."""
+    def _warm_shared_prefix(self, rows: list[list[int]]) -> int:
+        """Compute the prefix all rows share once, so rows don't each recompute it. Returns its length."""
         if self.cache is None or len(rows) < 2:
-            return
+            return 0
         shortest = min(len(r) for r in rows) - 1
         n = 0
         while n < shortest and all(r[n] == rows[0][n] for r in rows):
             n += 1
         if n < 16:
-            return
+            return 0
         prefix = torch.tensor(rows[0][:n])
         have, _ = self.cache.lookup(prefix, n)
         if have < n:
             self._prefill([rows[0][:n]], [n - 1], logits_to_keep=1, store=True, count=False)
+        return n
 
-    def _prefill(self, rows: list[list[int]], caps: list[int], logits_to_keep: int, store: bool = False, count: bool = True):
+    def _shared_prefix(self, rows: list[list[int]], n: int) -> tuple[int, list] | None:
+        """(n, per-layer (keys, values) of the first n tokens, each (1, H, n, D)) for shared-prefix
+        attention, if it is on, worth it and in the cache."""
+        if not self.shared_attention or n < SHARED_PREFIX_MIN:
+            return None
+        have, entry = self.cache.lookup(torch.tensor(rows[0][:n]), n)
+        if have < n:
+            return None
+        return n, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv]
+
+    def _prefill(self, rows: list[list[int]], caps: list[int], logits_to_keep: int, store: bool = False, count: bool = True, shared=None):
         """Forward the uncached part of every row. Returns (logits, cache, mask, next positions).
 
         rows: token ids per row; caps[i]: most tokens of row i that may come from the cache (the
-        tokens whose logits are needed must be recomputed).
+        tokens whose logits are needed must be recomputed). shared: (P, prefix KV) from
+        `_shared_prefix`: the first P tokens of every row are that prefix, kept out of the returned
+        cache and mask and attended through `_shared_prefix_attention`.
         """
         B = len(rows)
         tokens = [torch.tensor(r) for r in rows]
         hits = [self.cache.lookup(t, cap) if self.cache is not None else (0, None) for t, cap in zip(tokens, caps)]
         L = [n for n, _ in hits]
-        Lmax = max(L)
+        P = shared[0] if shared is not None else 0
+        assert all(n >= P for n in L), "the shared prefix must be in the cache"
         U = [len(r) - n for r, n in zip(rows, L)]
         Umax = max(U)
 
-        # Cached part, left-padded: (B, H, Lmax, D) per layer.
-        cache_mask = torch.zeros(B, Lmax, dtype=torch.long)
+        # Cached part beyond the shared prefix, left-padded: (B, H, Cmax, D) per layer.
+        C = [n - P for n in L]
+        Cmax = max(C)
+        cache_mask = torch.zeros(B, Cmax, dtype=torch.long)
         past = None
-        if Lmax > 0:
+        if Cmax > 0:
             past = []
-            ref = next(e for _, e in hits if e is not None).kv
+            ref = next(e for (_, e), c in zip(hits, C) if c > 0).kv
             for layer, (k0, v0) in enumerate(ref):
-                k = k0.new_zeros(B, k0.shape[1], Lmax, k0.shape[3])
-                v = v0.new_zeros(B, v0.shape[1], Lmax, v0.shape[3])
-                for i, (n, e) in enumerate(hits):
-                    if n:
-                        k[i, :, Lmax - n :] = e.kv[layer][0][0, :, :n]
-                        v[i, :, Lmax - n :] = e.kv[layer][1][0, :, :n]
+                k = k0.new_zeros(B, k0.shape[1], Cmax, k0.shape[3])
+                v = v0.new_zeros(B, v0.shape[1], Cmax, v0.shape[3])
+                for i, ((n, e), c) in enumerate(zip(hits, C)):
+                    if c:
+                        k[i, :, Cmax - c :] = e.kv[layer][0][0, :, P:n]
+                        v[i, :, Cmax - c :] = e.kv[layer][1][0, :, P:n]
                 past.append((k, v))
-            for i, n in enumerate(L):
-                cache_mask[i, Lmax - n :] = 1
+            for i, c in enumerate(C):
+                cache_mask[i, Cmax - c :] = 1
 
         # Uncached part, left-padded: (B, Umax).
         ids = torch.full((B, Umax), self.pad_id, dtype=torch.long)
@@ -287,24 +362,29 @@ class LocalBackend:
             cache=kv_cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **({"cai_prefix": shared[1]} if shared is not None else {}),
         )
         if count:
             self.stats.prompt_tokens += sum(len(r) for r in rows)
             self.stats.cached_tokens += sum(L)
         if store:
             for i in range(B):
-                self._store(out.cache, mask, i, tokens[i])
+                self._store(out.cache, mask, i, tokens[i], shared)
         next_pos = torch.tensor([len(r) for r in rows])
         return out.logits.float(), out.cache, mask, next_pos
 
-    def _store(self, kv_cache, mask: torch.Tensor, row: int, tokens: torch.Tensor) -> None:
-        """Keep row `row`'s KV (padding removed) under its tokens. `tokens` are the tokens fed so far."""
+    def _store(self, kv_cache, mask: torch.Tensor, row: int, tokens: torch.Tensor, shared=None) -> None:
+        """Keep row `row`'s KV (padding removed; the shared prefix put back in front) under its
+        tokens. `tokens` are the tokens fed so far."""
         if self.cache is None:
             return
         idx = mask[row].nonzero().squeeze(1).to(self.device)
-        assert len(idx) == len(tokens), (len(idx), len(tokens))
-        kv = [(layer.keys[row : row + 1, :, idx].clone(), layer.values[row : row + 1, :, idx].clone()) for layer in kv_cache.layers]
-        self.cache.insert(tokens, kv)
+        P = shared[0] if shared is not None else 0
+        assert P + len(idx) == len(tokens), (P, len(idx), len(tokens))
+        kv = [(layer.keys[row : row + 1, :, idx], layer.values[row : row + 1, :, idx]) for layer in kv_cache.layers]
+        if shared is not None:
+            kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(shared[1], kv)]
+        self.cache.insert(tokens, [(k.clone(), v.clone()) for k, v in kv] if shared is None else kv)
 
     # ------------------------------------------------------------ generate
 
@@ -323,8 +403,10 @@ class LocalBackend:
 
     def _generate_batch(self, rows: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[Generation]:
         t0 = time.perf_counter()
-        self._warm_shared_prefix(rows)
-        logits, kv_cache, mask, pos = self._prefill(rows, [len(r) - 1 for r in rows], logits_to_keep=1)
+        shared = self._shared_prefix(rows, self._warm_shared_prefix(rows))
+        extra = {"cai_prefix": shared[1]} if shared is not None else {}
+        self.stats.shared_prefix_batches += shared is not None
+        logits, kv_cache, mask, pos = self._prefill(rows, [len(r) - 1 for r in rows], logits_to_keep=1, shared=shared)
         if self.cache is not None:  # (full-attention layers only)
             _AppendLayer.install(kv_cache, params.max_new_tokens)
         t1 = time.perf_counter()
@@ -356,7 +438,7 @@ class LocalBackend:
                     keep.append(j)
                 else:
                     results[i] = self._finish(rows[i], generated[i], done_reason, params.stop)
-                    self._store(kv_cache, mask, j, fed[i])
+                    self._store(kv_cache, mask, j, fed[i], shared)
             if not keep:
                 break
             if len(keep) < len(active):  # drop finished rows from the batch
@@ -372,6 +454,7 @@ class LocalBackend:
                 position_ids=pos[:, None].to(self.device),
                 cache=kv_cache,
                 use_cache=True,
+                **extra,
             )
             logits = out.logits.float()
             pos = pos + 1
