@@ -494,12 +494,14 @@ class LocalBackend:
     def _score_batch(self, prompts: list[list[int]], conversations: list[Conversation], options: list[str]) -> list[OptionScores]:
         """Each prompt is computed once, not once per option: one forward pass over the prompts (whose
         last logits score every option's first token) and, for options of more than one token, one
-        short pass over the options' other tokens on top of the prompts' KV cache."""
-        self._warm_shared_prefix(prompts)
+        short pass over the options' other tokens on top of the prompts' KV cache. A prefix all
+        prompts share (few-shot examples) is attended once for the batch, as in generation."""
+        shared = self._shared_prefix(prompts, self._warm_shared_prefix(prompts))
+        extra = {"cai_prefix": shared[1]} if shared is not None else {}
         K = len(options)
         ids = [[self._option_ids(conv, p, opt) for opt in options] for p, conv in zip(prompts, conversations)]
         t0 = time.perf_counter()
-        logits, kv_cache, mask, pos = self._prefill(prompts, [len(p) - 1 for p in prompts], logits_to_keep=1)
+        logits, kv_cache, mask, pos = self._prefill(prompts, [len(p) - 1 for p in prompts], logits_to_keep=1, shared=shared)
         first = torch.log_softmax(logits[:, -1], dim=-1)  # (B, V): predicts every option's first token
         scores = [[float(first[i, ids[i][k][0]]) for k in range(K)] for i in range(len(prompts))]
         longest = max(len(x) for row in ids for x in row)
@@ -521,6 +523,7 @@ class LocalBackend:
                 position_ids=positions.to(self.device),
                 cache=kv_cache,
                 use_cache=True,
+                **extra,
             )
             logp = torch.log_softmax(out.logits.float(), dim=-1)  # (B, M, V)
             for r in range(B):
