@@ -1,6 +1,6 @@
 """The toy model's pre-training corpus: conversations rendered by cai.templates, the code the stages use.
 
-Three kinds of conversation, over *all* tasks (held-out ones too: the model knows the world, as a
+Four kinds of conversation, over *all* tasks (held-out ones too: the model knows the world, as a
 real pre-trained model does; the pipeline never sees the held-out prompts):
 
 - dialogue:  [user(prompt)] -> the compliant answer, benign or harmful (helpful-only default);
