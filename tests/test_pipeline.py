@@ -52,6 +52,9 @@ def test_cai_run_end_to_end_then_skip_then_changed_config_then_force(tmp_path, c
     assert list(metrics["models"]) == ["policy", "sft", "ppo", "dpo"]
     policy = metrics["models"]["policy"]
     assert policy["red_team"]["harmful"] == 1.0 and policy["helpful"]["helpful"] == 1.0  # the helpful-only model
+    pmo = metrics["preference_model"]  # the PM against the oracle, measured by evaluate alone
+    assert pmo["pairs"] == 160 and set(pmo["by_type"]) >= {"harmful_vs_refusal", "helpful_vs_overrefusal"}
+    assert pmo["accuracy"] == pytest.approx(sum(pmo["by_type"].values()) / len(pmo["by_type"]))
     for name in ("sft", "ppo", "dpo"):
         assert (run / name / "model" / "model.safetensors").is_file()
     assert (run / "report.html").stat().st_size > 10_000

@@ -460,6 +460,9 @@ def section_training(d: dict[str, Any]) -> str:
             ("steps", esc(pm.get("steps", "–"))),
             ("train loss (first 10% → last 10%)", f"{_num(pm.get('train_loss_first_10pct'))} → {_num(pm.get('train_loss_last_10pct'))}"),
         ]
+        vs_oracle = (d["metrics"] or {}).get("preference_model")
+        if vs_oracle:  # toy world only: computed by cai evaluate, the one stage that may ask the oracle
+            rows.append(("accuracy vs the oracle (held-out toy-world pairs)", f"{_pct(vs_oracle['accuracy'])} of {esc(vs_oracle['pairs'])}"))
         parts.append(f'<div class="row"><div>{chart}</div><div>{_kv_table(rows)}</div></div>')
     else:
         parts.append(_not_run("No pm/metrics.json", "cai train-pm CONFIG"))

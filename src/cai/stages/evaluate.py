@@ -57,7 +57,7 @@ from cai.config import Config, LocalModel, save_config
 from cai.constitution import load_constitution, sample_rl_principles
 from cai.errors import InputError
 from cai.prompts import load_prompts
-from cai.records import Constitution, GenerationParams, Prompt, RLPrinciple, user
+from cai.records import Constitution, GenerationParams, Prompt, RLPrinciple, assistant, user
 from cai.stages.common import begin, file_hash, finish, stable_seed
 from cai.stages.label import combine, position_flips, questions_for, score_questions
 from cai.store import RunStore, atomic_write_text, write_jsonl
@@ -496,6 +496,8 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         "oracle": e.oracle,
         "prompts": {kind: sum(k == kind for k, _ in prompts) for kind in KINDS} | {"win_rate": len(selected), "overlap_with_training": overlap},
     }
+    if e.oracle == "toyworld":
+        extra["preference_model"] = pm_oracle_accuracy(config)
     result = metrics(models, rows, comps, extra)
     write_jsonl(out_dir / "answers.jsonl", rows)
     write_jsonl(out_dir / "comparisons.jsonl", comps)
@@ -506,6 +508,9 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
     with RunStore(config.run_dir) as store:
         finish(store, STAGE, fp, summary)
     print(table(result))
+    if result.get("preference_model"):
+        pmo = result["preference_model"]
+        print(f"[evaluate] preference model vs the oracle: {pmo['accuracy']:.1%} of {pmo['pairs']} held-out toy-world pairs")
     print(f"[evaluate] {len(models)} models x {len(prompts)} prompts -> {out_dir / 'metrics.json'}")
     return out_dir
 
@@ -518,6 +523,42 @@ LABEL_PAIR_TYPES = (
 )
 
 
+def toyworld_pairs(seed: int, kind: str, n: int, split: str = "heldout") -> list[tuple[str, str, str, int]]:
+    """n (prompt, response a, response b, index of the oracle's preferred one) of a pair type, from
+    the world's canonical replies for the tasks of `split`; which reply is a is random (seeded)."""
+    import random
+
+    from cai.toyworld import corpus, oracle, world
+
+    rng = random.Random(stable_seed(seed, "label-agreement", kind))
+    tasks = world.tasks(split)
+    out = []
+    for _ in range(n):
+        t, good, bad = corpus.choice_pair(rng, kind, tasks)
+        prompt = world.prompt(t, rng.randrange(len(world.PHRASINGS)))
+        a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
+        out.append((prompt, a, b, oracle.prefers(prompt, a, b)))
+    return out
+
+
+def pm_oracle_accuracy(config: Config, pairs_per_type: int = 20) -> dict[str, Any] | None:
+    """How often the run's preference model scores the oracle's preferred reply higher, on pairs of
+    canonical replies to held-out toy-world prompts, per pair type. None if there is no PM."""
+    pm_dir = Path(config.run_dir) / "pm" / "model"
+    if not (pm_dir / "config.json").is_file():
+        return None
+    from cai.stages import pm
+
+    model, tokenizer = pm.load(pm_dir)
+    by_type = {}
+    for kind in LABEL_PAIR_TYPES:
+        items = toyworld_pairs(config.seed, kind, pairs_per_type)
+        convs = [[user(p), assistant(x)] for p, a, b, _ in items for x in (a, b)]
+        r = pm.score(model, tokenizer, convs)
+        by_type[kind] = sum((r[2 * i] > r[2 * i + 1]) == (want == 0) for i, (*_, want) in enumerate(items)) / len(items)
+    return {"model": str(pm_dir), "accuracy": sum(by_type.values()) / len(by_type), "pairs": pairs_per_type * len(by_type), "by_type": by_type}
+
+
 def toyworld_label_agreement(config: Config, pairs_per_type: int = 40, split: str = "heldout", backend: Backend | None = None) -> dict[str, Any]:
     """How often the label stage's labels (same questions, orders, principles and arithmetic as
     `cai label`, with config.label's settings) agree with the toy world's oracle, per pair type.
@@ -525,27 +566,17 @@ def toyworld_label_agreement(config: Config, pairs_per_type: int = 40, split: st
     Pairs are built from the world's canonical replies for the tasks of `split`; which reply is
     shown as response a is random (seeded), so a position bias cannot pass for agreement.
     """
-    import random
-
-    from cai.toyworld import corpus, oracle, world
-
     from cai.stages.label import feedback_spec
 
     constitution = load_constitution(config.constitution)
     lc = config.label
-    tasks = world.tasks(split)
     own = backend is None
     backend = backend or make_backend(feedback_spec(config))
     out: dict[str, Any] = {}
     try:
         for kind in LABEL_PAIR_TYPES:
-            rng = random.Random(stable_seed(config.seed, "label-agreement", kind))
             agree = single = flips = comparisons = 0
-            for n in range(pairs_per_type):
-                t, good, bad = corpus.choice_pair(rng, kind, tasks)
-                prompt = world.prompt(t, rng.randrange(len(world.PHRASINGS)))
-                a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
-                want = oracle.prefers(prompt, a, b)  # 0: a better, 1: b better
+            for n, (prompt, a, b, want) in enumerate(toyworld_pairs(config.seed, kind, pairs_per_type, split)):  # want 0: a better
                 principles = sample_rl_principles(constitution, config.seed, f"agree:{kind}:{n}", lc.principles_per_pair)
                 qs = score_questions(backend, questions_for(constitution, principles, [user(prompt)], a, b, True, lc.few_shot, lc.chain_of_thought), lc.chain_of_thought, lc.cot_max_new_tokens)
                 p_a = combine(qs, lc.chain_of_thought, lc.clamp)
