@@ -34,27 +34,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import RESULTS, write_section  # benchmarks/_results.py
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "critique_throughput"
 LC_VENV = REPO / "benchmarks" / ".venv-langchain"
 LC_PINS = ["langchain-classic==1.0.8", "langchain-huggingface==1.2.3", "transformers==5.24.0"]
 TORCH_PIN = "torch==2.13.0"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## critique_throughput"
 
 # The model: Llama shape, random weights. ~21M parameters with an 8k vocabulary (untied head).
 VOCAB = 8192
 SHAPE = dict(hidden_size=384, intermediate_size=1280, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2)
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<pad>"]
-CHATML = (  # the template of tests/tiny.py
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
-    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 # LangChain's initial chain (the user's own chain in ConstitutionalChain) in the few-shot format.
 INITIAL_TEMPLATE = "Human: {question}\n\nModel:"
 
@@ -78,6 +70,8 @@ def build_model(out: Path, corpus: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    from cai.templates import CHATML_TEMPLATE
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -86,7 +80,7 @@ def build_model(out: Path, corpus: Path) -> Path:
     )
     tok.train_from_iterator(hh_transcripts(corpus), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>")
-    fast.chat_template = CHATML
+    fast.chat_template = CHATML_TEMPLATE
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -375,17 +369,6 @@ def table(rows: list[dict], base: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n\nOne section per benchmark script; each script rewrites its own section.\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -541,7 +524,7 @@ call per step at batch 1 (initial chain prompt `{INITIAL_TEMPLATE!r}`), {n_lc} p
     (WORK / f"section-{args.threads}t.md").write_text(text)
     (WORK / f"raw-{args.threads}t.json").write_text(json.dumps({"rows": rows, "langchain": lc_raw}, indent=1))
     if not args.no_write:
-        write_results(text)
+        write_section(SECTION, text)
         print(f"\nwrote the {SECTION} section of {RESULTS.relative_to(REPO)}")
 
 

@@ -41,12 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import RESULTS, write_section  # benchmarks/_results.py
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "ppo_step"
 TRL_VENV = REPO / "benchmarks" / ".venv-trl112"
 # The same versions as cai's pyproject, so that the two sides differ only in their PPO code.
 TRL_PINS = ["trl==1.12.0", "torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "peft==0.21.2", "tokenizers==0.23.3", "safetensors==0.8.0"]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## ppo_step"
 
 SIZES = {
@@ -60,15 +61,6 @@ SIZES = {
 THREADS = {"tiny": 1, "100m": os.cpu_count() or 1}
 RUN = dict(rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=32, prompt_words=16, n_prompts=64, learning_rate=1e-4, kl_coef=0.05, vf_coef=0.1, lora_r=16, lora_alpha=32)
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
-    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 # ---------------------------------------------------------------- shared by both sides (stdlib + torch/transformers only)
@@ -90,6 +82,8 @@ def build(size: str, size_dir: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    from cai.templates import CHATML_TEMPLATE
+
     shape = dict(SIZES[size])
     vocab_size = shape.pop("vocab")
     words = [f"w{i}" for i in range(vocab_size - len(SPECIAL))]
@@ -98,7 +92,7 @@ def build(size: str, size_dir: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
+    tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     config = LlamaConfig(
         vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
@@ -230,17 +224,6 @@ def table(results: dict, params: dict, steps: int) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n\nOne section per benchmark script; each script rewrites its own section.\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="tiny,100m", help="comma-separated: " + ", ".join(SIZES))
@@ -294,7 +277,7 @@ def main() -> None:
     ])
     print("\n" + text)
     if not args.no_write:
-        write_results(text)
+        write_section(SECTION, text)
         print(f"wrote the {SECTION} section of {RESULTS.relative_to(REPO)}")
 
 

@@ -9,15 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
-    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from cai.templates import CHATML_TEMPLATE
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -49,7 +41,7 @@ def build_tokenizer():
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
     )
-    fast.chat_template = CHATML
+    fast.chat_template = CHATML_TEMPLATE
     # Special tokens are single symbols in the text, not words, so they survive a text round trip.
     fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     return fast

@@ -27,6 +27,19 @@ from __future__ import annotations
 
 from cai.records import Constitution, Conversation, Message, RLPrinciple, assistant, user
 
+# ChatML as a tokenizer chat template, for the tokenizers cai builds from scratch (the toy model's,
+# the tests' and the benchmarks'). An unfinished final assistant turn is left open under
+# `continue_final_message`, so "The answer is:" can be continued with an option.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 CHOICE_HEADER = "Consider the following conversation between a human and an assistant:"
 OPTION_LABELS = ("A", "B")
 CHOICE_OPTIONS = (" (A)", " (B)")

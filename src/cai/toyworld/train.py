@@ -29,17 +29,9 @@ from pathlib import Path
 import torch
 
 from cai.records import Conversation
+from cai.templates import CHATML_TEMPLATE
 from cai.toyworld import corpus as corpus_mod
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
-    "{% if not (loop.last and m['role'] == 'assistant' and continue_final_message is defined and continue_final_message) %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 
@@ -91,7 +83,7 @@ def build_tokenizer(texts: list[str]):
         eos_token=IM_END,
         bos_token=None,
         unk_token=None,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHATML_TEMPLATE,
         model_max_length=ModelShape().max_position_embeddings,
         clean_up_tokenization_spaces=False,
     )
