@@ -381,10 +381,11 @@ class LocalBackend:
         idx = mask[row].nonzero().squeeze(1).to(self.device)
         P = shared[0] if shared is not None else 0
         assert P + len(idx) == len(tokens), (P, len(idx), len(tokens))
+        # (indexing with a tensor copies, so the entry does not hold the batch's cache alive)
         kv = [(layer.keys[row : row + 1, :, idx], layer.values[row : row + 1, :, idx]) for layer in kv_cache.layers]
         if shared is not None:
             kv = [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)) for (pk, pv), (k, v) in zip(shared[1], kv)]
-        self.cache.insert(tokens, [(k.clone(), v.clone()) for k, v in kv] if shared is None else kv)
+        self.cache.insert(tokens, kv)
 
     # ------------------------------------------------------------ generate
 
