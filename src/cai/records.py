@@ -23,12 +23,29 @@ def assistant(content: str) -> Message:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt of a prompt set. `id` is stable across runs (a content hash unless the file gives one)."""
+    """One prompt of a prompt set: a conversation whose last turn is the request.
+
+    `text` is the request (the last user turn); `context` holds the earlier turns, if any (user and
+    assistant alternating, starting with a user turn and ending with an assistant turn), as real
+    red-team data has them. `id` is stable across runs (a content hash of the whole conversation
+    unless the file gives one). `metadata` points back into the file and keeps fields a source asks
+    to keep (a category, a form).
+    """
 
     id: str
     text: str
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    context: tuple[Message, ...] = ()
+
+    @property
+    def messages(self) -> Conversation:
+        """The whole conversation: earlier turns, then the request."""
+        return [dict(m) for m in self.context] + [user(self.text)]
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.context)
 
 
 @dataclass(frozen=True)
