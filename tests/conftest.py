@@ -9,8 +9,6 @@ torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py, tests/openai_server.py
 
-ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
@@ -18,9 +16,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
-
-@pytest.fixture(scope="session")
-def anchors() -> Path:
-    if not ANCHORS.is_dir():
-        pytest.fail(f"anchor data not found at {ANCHORS}: tests expect ../shared/anchors beside the repo")
-    return ANCHORS

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from anchors import anchor
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -13,12 +15,12 @@ def cai(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "cai.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
 
 
-def test_constitution_validate_counts_all_three_formats(anchors):
+def test_constitution_validate_counts_all_three_formats():
     r = cai("constitution", "validate", ROOT / "constitutions" / "default.yaml")
     assert r.returncode == 0 and "SL principles" in r.stdout and "RL principles" in r.stdout
-    r = cai("constitution", "validate", anchors / "llm-swarm" / "constitution_anthropic.json")
+    r = cai("constitution", "validate", anchor("llm-swarm/constitution_anthropic.json"))
     assert r.returncode == 0 and "16 SL principles, 0 RL principles, 4 few-shot conversations" in r.stdout
-    r = cai("constitution", "validate", anchors / "anthropic-cai-paper")
+    r = cai("constitution", "validate", anchor("anthropic-cai-paper"))
     assert r.returncode == 0 and "16 SL principles, 16 RL principles" in r.stdout
 
 

@@ -22,15 +22,13 @@ from cai.constitution import (
     summarize,
     validate_file,
 )
+from anchors import anchor
 from cai.errors import InputError
 from cai.records import Constitution, RLPrinciple, SLPrinciple
 from cai.templates import CHOICE_HEADER, choice_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "constitutions" / "default.yaml"
-ANCHORS = REPO.parent / "shared" / "anchors"
-SWARM = ANCHORS / "llm-swarm" / "constitution_anthropic.json"
-PAPER = ANCHORS / "anthropic-cai-paper"
 
 # Topics the default constitution promises to cover, by principle id, in both phases.
 HARM_CATEGORIES = [
@@ -132,9 +130,9 @@ def test_choice_text():
 # ---------------------------------------------------------------- llm-swarm
 
 
-def test_llm_swarm_anchor(anchors):
-    raw = json.loads(SWARM.read_text())
-    c = load_constitution(SWARM)
+def test_llm_swarm_anchor():
+    raw = json.loads(anchor("llm-swarm/constitution_anthropic.json").read_text())
+    c = load_constitution(anchor("llm-swarm/constitution_anthropic.json"))
     assert len(c.sl_principles) == 16 == len(raw["constitutions"])
     assert [p.id for p in c.sl_principles] == [f"llm-swarm-{i}" for i in range(16)]
     assert c.sl_principles[0].critique == raw["constitutions"][0]["critic"]
@@ -144,15 +142,15 @@ def test_llm_swarm_anchor(anchors):
     assert len(c.critique_examples) == len(raw["system_chat"]) == 4
     assert [list(conv) for conv in c.critique_examples] == raw["system_chat"]
     assert all(len(conv) == 6 and alternates(conv) for conv in c.critique_examples)
-    assert validate_file(SWARM) == "16 SL principles, 0 RL principles, 4 few-shot conversations (4 critique, 0 choice)"
+    assert validate_file(anchor("llm-swarm/constitution_anthropic.json")) == "16 SL principles, 0 RL principles, 4 few-shot conversations (4 critique, 0 choice)"
 
 
 # ---------------------------------------------------------------- the CAI paper's files
 
 
-def test_paper_sl_principles_with_markers_stripped(anchors):
-    raw = json.loads((PAPER / "CritiqueRevisionInstructions.json").read_text())
-    c = load_constitution(PAPER / "CritiqueRevisionInstructions.json")
+def test_paper_sl_principles_with_markers_stripped():
+    raw = json.loads((anchor("anthropic-cai-paper/CritiqueRevisionInstructions.json")).read_text())
+    c = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionInstructions.json"))
     assert [p.id for p in c.sl_principles] == list(raw) == [f"harmful{i}" for i in range(16)]
     assert c.rl_principles == () and c.critique_examples == ()
     for p in c.sl_principles:
@@ -168,9 +166,9 @@ def test_paper_sl_principles_with_markers_stripped(anchors):
     )
 
 
-def test_paper_rl_principles(anchors):
-    raw = json.loads((PAPER / "RLMadisonInstructions.json").read_text())
-    c = load_constitution(PAPER / "RLMadisonInstructions.json")
+def test_paper_rl_principles():
+    raw = json.loads((anchor("anthropic-cai-paper/RLMadisonInstructions.json")).read_text())
+    c = load_constitution(anchor("anthropic-cai-paper/RLMadisonInstructions.json"))
     assert len(c.rl_principles) == 16 == len(raw)
     assert [p.id for p in c.rl_principles] == [f"madison{i}" for i in range(16)]
     for p, text in zip(c.rl_principles, raw):
@@ -179,9 +177,9 @@ def test_paper_rl_principles(anchors):
     assert c.rl_principles[1].instruction == "Please choose the response that is the most helpful, honest, and harmless."
 
 
-def test_paper_critique_few_shot_becomes_chat_conversations(anchors):
-    raw = json.loads((PAPER / "CritiqueRevisionFewShotPrompts.json").read_text())
-    c = load_constitution(PAPER / "CritiqueRevisionFewShotPrompts.json")
+def test_paper_critique_few_shot_becomes_chat_conversations():
+    raw = json.loads((anchor("anthropic-cai-paper/CritiqueRevisionFewShotPrompts.json")).read_text())
+    c = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionFewShotPrompts.json"))
     assert len(c.critique_examples) == len(raw) == 5
     # Human/Assistant turns plus critique request, critique, revision request, revision; the empty
     # trailing "Human:" four of the five transcripts end with is not a turn.
@@ -198,16 +196,16 @@ def test_paper_critique_few_shot_becomes_chat_conversations(anchors):
         "down, as arson is considered a serious crime."
     )
     # The first four use the harmful3 critique request; the fifth is about calibrated honesty.
-    harmful3 = load_constitution(PAPER / "CritiqueRevisionInstructions.json").sl_principles[3]
+    harmful3 = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionInstructions.json")).sl_principles[3]
     assert [conv[-4]["content"] == harmful3.critique for conv in c.critique_examples] == [True] * 4 + [False]
     assert c.critique_examples[4][-4]["content"].startswith("Discuss whether your last response was truthful.")
     # The third example's answer is already fine: its revision repeats it.
     assert c.critique_examples[2][-1]["content"] == c.critique_examples[2][1]["content"]
 
 
-def test_paper_choice_few_shot(anchors):
-    raw = json.loads((PAPER / "RLMadisonFewShotPrompts.json").read_text())
-    c = load_constitution(PAPER / "RLMadisonFewShotPrompts.json")
+def test_paper_choice_few_shot():
+    raw = json.loads((anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json")).read_text())
+    c = load_constitution(anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json"))
     assert len(c.choice_examples) == len(raw) == 5
     assert [conv[1]["content"] for conv in c.choice_examples] == [f"The answer is: ({x})" for x in "ABABA"]
     for conv, entry in zip(c.choice_examples, raw):
@@ -221,9 +219,9 @@ def test_paper_choice_few_shot(anchors):
     assert "What's the best gun to use to threaten a bank teller" in c.choice_examples[0][0]["content"]
 
 
-def test_paper_chain_of_thought_few_shot(anchors):
-    raw = json.loads((PAPER / "RLMadisonPrecogFewShotPrompts.json").read_text())
-    c = load_constitution(PAPER / "RLMadisonPrecogFewShotPrompts.json")
+def test_paper_chain_of_thought_few_shot():
+    raw = json.loads((anchor("anthropic-cai-paper/RLMadisonPrecogFewShotPrompts.json")).read_text())
+    c = load_constitution(anchor("anthropic-cai-paper/RLMadisonPrecogFewShotPrompts.json"))
     assert len(c.choice_examples) == len(raw) == 6
     expected = [re.search(r"So the answer is: \(([AB])\)", e["prompt"])[1] for e in raw]
     assert expected == ["B", "B", "A", "B", "A", "B"]
@@ -240,14 +238,14 @@ def test_paper_chain_of_thought_few_shot(anchors):
     assert "\n\nHuman: But she really doesn’t want to talk to me" in c.choice_examples[0][0]["content"]
 
 
-def test_paper_directory_merges_principles_and_direct_few_shot(anchors):
-    c = load_constitution(PAPER)
+def test_paper_directory_merges_principles_and_direct_few_shot():
+    c = load_constitution(anchor("anthropic-cai-paper"))
     assert (len(c.sl_principles), len(c.rl_principles)) == (16, 16)
     assert (len(c.critique_examples), len(c.choice_examples)) == (5, 5)
     # The chain-of-thought examples are not merged: every choice answer is a bare letter.
     assert {conv[1]["content"] for conv in c.choice_examples} == {"The answer is: (A)", "The answer is: (B)"}
-    assert c.source == str(PAPER)
-    assert validate_file(PAPER) == "16 SL principles, 16 RL principles, 10 few-shot conversations (5 critique, 5 choice)"
+    assert c.source == str(anchor("anthropic-cai-paper"))
+    assert validate_file(anchor("anthropic-cai-paper")) == "16 SL principles, 16 RL principles, 10 few-shot conversations (5 critique, 5 choice)"
 
 
 def test_directory_with_one_constitution_file(tmp_path):
@@ -384,7 +382,7 @@ def test_json_and_file_errors(tmp_path):
     with pytest.raises(InputError, match="not a constitution format cai knows"):
         load_constitution(unknown)
 
-    swarm = json.loads(SWARM.read_text())
+    swarm = json.loads(anchor("llm-swarm/constitution_anthropic.json").read_text())
     swarm["system_chat"][0][1]["role"] = "narrator"
     broken = tmp_path / "swarm.json"
     broken.write_text(json.dumps(swarm))
@@ -456,10 +454,10 @@ def test_rl_sampling_distinct_then_repeating():
 
 
 def test_sampling_from_an_empty_list_is_an_input_error():
-    only_sl = load_constitution(PAPER / "CritiqueRevisionInstructions.json")
+    only_sl = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionInstructions.json"))
     with pytest.raises(InputError, match="CritiqueRevisionInstructions.json: has no RL principles"):
         sample_rl_principles(only_sl, 0, "k", 1)
-    few_shot = load_constitution(PAPER / "CritiqueRevisionFewShotPrompts.json")
+    few_shot = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionFewShotPrompts.json"))
     with pytest.raises(InputError, match="has no SL principles"):
         sample_sl_principle(few_shot, 0, "k")
     with pytest.raises(ValueError):

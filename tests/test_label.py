@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from anchors import anchor
 from datasets import load_from_disk
 
 from cai.config import load_config
@@ -189,9 +191,9 @@ def test_sample_then_label_with_a_real_local_model(tmp_path, tiny_model_dir):
     assert ds[0]["prompt"][0]["role"] == "user" and ds[0]["chosen"][0]["role"] == "assistant"
 
 
-def test_evaluate_labeller_on_the_paper_format(tmp_path, anchors):
+def test_evaluate_labeller_on_the_paper_format(tmp_path):
     path = config_file(tmp_path)
-    items = json.loads((anchors / "anthropic-cai-paper" / "RLMadisonFewShotPrompts.json").read_text())
+    items = json.loads((anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json")).read_text())
 
     class PrefersCorrect(FirstOptionBiased):
         def option_logprobs(self, conversations, options):
@@ -202,7 +204,7 @@ def test_evaluate_labeller_on_the_paper_format(tmp_path, anchors):
                 out.append(OptionScores(logprobs=(la, 0.0), missing=(False, False)))
             return out
 
-    result = label.evaluate_labeller(load_config(path), anchors / "anthropic-cai-paper" / "RLMadisonFewShotPrompts.json", backend=PrefersCorrect(bias=3.0))
+    result = label.evaluate_labeller(load_config(path), anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json"), backend=PrefersCorrect(bias=3.0))
     assert result["comparisons"] == sum(len(i["corrects"]) * len(i["incorrects"]) for i in items)
     assert result["accuracy"] == 1.0  # the bias cancels over the two orders
     assert result["accuracy_correct_first"] == 1.0 and result["accuracy_correct_second"] == 0.0

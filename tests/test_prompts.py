@@ -12,12 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from anchors import anchor
 from cai.config import PromptSource
 from cai.errors import InputError
 from cai.prompts import PromptSet, load_prompts, text_id
 
-ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
-HH_TEST = ANCHORS / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
 def load(path: Path, **kwargs) -> PromptSet:
@@ -42,8 +41,8 @@ def transcript(*turns: str) -> str:
 # ---------------------------------------------------------------- the real hh-rlhf file
 
 
-@pytest.mark.skipif(not HH_TEST.exists(), reason=f"anchor file not present: {HH_TEST}")
 def test_real_hh_rlhf_harmless_test_split():
+    HH_TEST = anchor("hh-rlhf/harmless-base-test.jsonl.gz")
     prompt_set = load(HH_TEST)  # format auto: *.jsonl.gz with `chosen` and no `prompt` field
 
     # Every one of the 2,312 rows is either loaded or counted as dropped.
