@@ -113,8 +113,14 @@ def test_resolved_config_round_trips_and_holds_no_secret(files, monkeypatch):
     assert load_config(files / "out" / "config.yaml") == c
 
 
-def test_every_field_has_help():
+def test_every_field_has_help_type_default_and_range():
     rows = config_help()
-    keys = {k for k, _ in rows}
-    assert {"run_dir", "seed", "constitution", "prompts.red_team", "models.policy", "critique.revisions", "critique.max_new_tokens", "critique.batch_size"} <= keys
-    assert all(h for _, h in rows), [k for k, h in rows if not h]
+    keys = {k: (t, d, h) for k, t, d, h in rows}
+    assert {"run_dir", "seed", "constitution", "prompts.red_team", "models.policy", "critique.revisions", "critique.max_new_tokens", "critique.batch_size"} <= keys.keys()
+    # nested keys too: model specs (each backend's), prompt sources, LoRA
+    assert {"models.policy.base_url", "models.policy.prefix_cache", "models.policy.dtype", "prompts.red_team.field", "sft.lora.r", "ppo.lora.alpha"} <= keys.keys()
+    assert all(h for _, _, h in keys.values()), [k for k, (_, _, h) in keys.items() if not h]
+    assert keys["critique.revisions"][:2] == ("int", "1") and "Range: >= 1, <= 16." in keys["critique.revisions"][2]
+    assert keys["models.policy.base_url"][2].startswith("[openai]") and keys["models.policy.dtype"][2].startswith("[local]")
+    assert "Speed only" in keys["critique.batch_size"][2] and "Speed only" not in keys["sft.batch_size"][2]
+    assert keys["sample.temperatures"][:2] == ("list[float]", "[1.0]") and keys["run_dir"][:2] == ("str", "(required)")

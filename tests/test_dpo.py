@@ -13,6 +13,10 @@ from transformers import TrainerCallback
 from cai.config import load_config
 from cai.errors import InputError
 from cai.losses import soft_dpo_loss
+import tiny
+from cai.records import Preference, read_records
+from cai.rundir import starting_model
+from cai.soft_dpo import SoftDPOTrainer
 from cai.stages import dpo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +31,7 @@ def one_thread():
 
 
 def write_preferences(run_dir: Path, p_values: list[float]) -> None:
-    rows = [
-        {
-            "pair_id": f"red_team:p{i}:0-1",
-            "prompt": [{"role": "user", "content": f"how do i steal car {i}"}],
-            "chosen": [{"role": "assistant", "content": "i cannot help with that it is illegal"}],
-            "rejected": [{"role": "assistant", "content": "sure here are steps first"}],
-            "p_chosen": p,
-        }
-        for i, p in enumerate(p_values)
-    ]
-    (run_dir / "label").mkdir(parents=True, exist_ok=True)
-    (run_dir / "label" / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny.write_preferences(run_dir, [{"prompt": f"how do i steal car {i}", "chosen": "i cannot help with that it is illegal", "rejected": "sure here are steps first", "p_chosen": p} for i, p in enumerate(p_values)])
 
 
 def make_config(tmp_path, model_dir, p_values=(0.9, 0.7, 0.5, 1.0, 0.6, 0.8), overrides=()):
@@ -62,10 +55,11 @@ def make_config(tmp_path, model_dir, p_values=(0.9, 0.7, 0.5, 1.0, 0.6, 0.8), ov
 
 def test_soft_loss_at_p1_is_trls_sigmoid_loss(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, p_values=[1.0, 1.0, 1.0])
-    spec, pairs = dpo.sft_or_policy(cfg), dpo.load_pairs(Path(cfg.run_dir) / "label" / "preferences.jsonl", "soft")[0]
-    soft = dpo.make_trainer(cfg, spec, pairs, tmp_path / "a")
-    hard = dpo.make_trainer(cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"labels": "hard"})}), spec, pairs, tmp_path / "b")
-    assert isinstance(soft, dpo.SoftDPOTrainer) and not isinstance(hard, dpo.SoftDPOTrainer)
+    spec = starting_model(cfg, "dpo")
+    pairs = dpo.training_rows(read_records(Path(cfg.run_dir) / "label" / "preferences.jsonl", Preference), "soft")[0]
+    soft = dpo.make_trainer(cfg, spec, pairs)
+    hard = dpo.make_trainer(cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"labels": "hard"})}), spec, pairs)
+    assert isinstance(soft, SoftDPOTrainer) and not isinstance(hard, SoftDPOTrainer)
     # Move the policies away from the reference, or every log-ratio is 0 and any loss is log 2.
     torch.manual_seed(0)
     for a, b in zip(soft.model.parameters(), hard.model.parameters()):

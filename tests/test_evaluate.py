@@ -4,6 +4,7 @@ import json
 import math
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +12,8 @@ from cai.config import load_config
 from cai.errors import InputError
 from cai.records import Generation, OptionScores
 from cai.stages import evaluate
-from cai.stages.evaluate import EVASION_QUESTION, HARM_QUESTION, elo, table, win_rates
+from cai.scoreboard import elo, table, win_rates
+from cai.templates import EVASION_QUESTION, HARM_QUESTION
 from cai.store import RunStore
 from cai.toyworld import world
 
@@ -179,7 +181,7 @@ def test_elo_by_hand():
 
 
 def test_win_rates_by_hand():
-    rows = [{"model_a": "policy", "model_b": "sft", "p_a": p} for p in (0.2, 0.4, 0.9)]
+    rows = [SimpleNamespace(model_a="policy", model_b="sft", p_a=p) for p in (0.2, 0.4, 0.9)]
     rates, n = win_rates(rows)
     assert rates == {"sft vs policy": pytest.approx((0.8 + 0.6 + 0.1) / 3)} and n == {"sft vs policy": 3}
 
@@ -198,7 +200,8 @@ def test_oracle_rates_judge_probabilities_win_rates_and_outputs(tmp_path, capsys
     # Oracle rates: the helpful-only policy complies with everything; the aligned model refuses the
     # harmful tasks well and over-refuses two of the four benign ones.
     pol, sft = m["models"]["policy"], m["models"]["sft"]
-    assert pol["red_team"] == {"harmful": 1.0, "good_refusal": 0.0, "evasive": 0.0, "helpful": 0.0, "garbled": 0.0, "n": 4}
+    assert {k: v for k, v in pol["red_team"].items() if not k.startswith("by_")} == {"harmful": 1.0, "good_refusal": 0.0, "evasive": 0.0, "helpful": 0.0, "garbled": 0.0, "n": 4}
+    assert pol["red_team"]["by_form"]["single-turn"]["n"] == 4  # the prompt files give no form: single-turn by default
     assert pol["helpful"]["helpful"] == 1.0 and pol["helpful"]["n"] == 4
     assert sft["red_team"]["good_refusal"] == 1.0 and sft["red_team"]["harmful"] == 0.0
     assert sft["helpful"]["helpful"] == 0.5 and sft["helpful"]["evasive"] == 0.5
@@ -228,14 +231,13 @@ def test_oracle_rates_judge_probabilities_win_rates_and_outputs(tmp_path, capsys
     assert len(rows) == 16 and {r["model"] for r in rows} == {"policy", "sft"}
     r = next(r for r in rows if r["model"] == "sft" and r["kind"] == "red_team")
     assert r["oracle"] == "good_refusal" and r["p_harmless"] == pytest.approx(1 - no) and r["p_helpful"] is None
-    assert r["answer"] == world.refusal(world.task_of(r["prompt"]))
+    assert r["answer"] == world.refusal(world.task_of(r["prompt"][-1]["content"]))
     comps = read_jsonl(out / "comparisons.jsonl")
     assert len(comps) == 8 and all({"answer_a", "answer_b", "p_a"} <= c.keys() for c in comps)
 
     # The plain-text table and the headline summary.
     text = table(m)
     assert "sft" in text and "100.0%" in text and "50.0%" in text and f"{400 * math.log10((wins + 0.5) / (8 - wins + 0.5)) / 2 + 1000:.0f}" in text
-    assert text in capsys.readouterr().out
     with RunStore(tmp_path / "run") as store:
         s = store.stage("evaluate")
     assert s["status"] == "done" and s["summary"]["model"] == "sft" and s["summary"]["harmful"] == 0.0 and s["summary"]["helpful"] == 0.5

@@ -13,8 +13,9 @@ from datasets import load_from_disk
 from cai.config import load_config
 from cai.errors import InputError
 from cai.records import Generation, OptionScores
+from cai import labeller
 from cai.stages import label, sample
-from cai.stages.label import clamp, combine, normalise, p_first_response, position_flips
+from cai.judge import clamp, combine, normalise, p_first_response, position_flips
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def write_pairs(run_dir: Path, n: int = 20) -> None:
     for i in range(n):
         good_first = i % 2 == 0
         a, b = ("a good reply", "a bad reply") if good_first else ("a bad reply", "a good reply")
-        pairs.append({"pair_id": f"red_team:p{i}:0-1", "prompt_id": f"p{i}", "kind": "red_team", "prompt": f"question {i}", "response_a": a, "response_b": b})
+        pairs.append({"pair_id": f"red_team:p{i}:0-1", "prompt_id": f"p{i}", "kind": "red_team", "prompt": [{"role": "user", "content": f"question {i}"}], "response_a": a, "response_b": b})
     (run_dir / "sample").mkdir(parents=True)
     (run_dir / "sample" / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
@@ -204,7 +205,7 @@ def test_evaluate_labeller_on_the_paper_format(tmp_path):
                 out.append(OptionScores(logprobs=(la, 0.0), missing=(False, False)))
             return out
 
-    result = label.evaluate_labeller(load_config(path), anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json"), backend=PrefersCorrect(bias=3.0))
+    result = labeller.evaluate_labeller(load_config(path), anchor("anthropic-cai-paper/RLMadisonFewShotPrompts.json"), backend=PrefersCorrect(bias=3.0))
     assert result["comparisons"] == sum(len(i["corrects"]) * len(i["incorrects"]) for i in items)
     assert result["accuracy"] == 1.0  # the bias cancels over the two orders
     assert result["accuracy_correct_first"] == 1.0 and result["accuracy_correct_second"] == 0.0

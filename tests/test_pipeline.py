@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cai import cli, pipeline
+from cai import cli, registry
 from cai.config import load_config
 from cai.errors import InputError
 from cai.toyworld import model_path
@@ -32,11 +32,12 @@ def cai(*argv: str) -> int:
 
 def test_from_and_until_select_stages_in_order():
     config = load_config(CONFIG)
-    assert [n for n, _ in pipeline.selected(config, "sample", "train-pm")] == ["sample", "label", "train-pm"]
+    assert [s.name for s in registry.planned(config, "sample", "pm")] == ["sample", "label", "pm", "ppo", "dpo"][:3]
+    assert [s.name for s in registry.planned(config, "sample", "train-pm")] == ["sample", "label", "pm"]  # the old name still works
     dpo_only = load_config(CONFIG, ["pipeline.rl=dpo"])
-    assert [n for n, _ in pipeline.selected(dpo_only, "label", None)] == ["label", "dpo", "evaluate"]
+    assert [s.name for s in registry.planned(dpo_only, "label", None)] == ["label", "dpo", "evaluate"]
     with pytest.raises(InputError, match="--from sampel: not a stage; stages are critique, sft"):
-        pipeline.selected(config, "sampel", None)
+        registry.planned(config, "sampel", None)
 
 
 @needs_model
@@ -45,7 +46,7 @@ def test_cai_run_end_to_end_then_skip_then_changed_config_then_force(tmp_path, c
     sets = [a for s in SMALL + [f"run_dir={run}"] for a in ("--set", s)]
     assert cai("run", str(CONFIG), *sets) == 0
     out = capsys.readouterr().out
-    for i, stage in enumerate(["critique", "sft", "sample", "label", "train-pm", "ppo", "dpo", "evaluate"], 1):
+    for i, stage in enumerate(["critique", "sft", "sample", "label", "pm", "ppo", "dpo", "evaluate"], 1):
         assert f"[{i}/8] {stage} done in" in out
     assert f"report: {run / 'report.html'}" in out
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())

@@ -6,12 +6,16 @@ import random
 import shutil
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cai.config import load_config
 from cai.errors import InputError
+import tiny
+from cai import reward
+from cai.records import Preference, read_records
 from cai.stages import pm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,21 +39,13 @@ def write_preferences(run_dir: Path, n: int, seed: int = 0) -> None:
         chosen = words[:]
         chosen.insert(rng.randrange(6), "safe")
         rejected = rng.sample(FILLER, 6)
-        rows.append(
-            {
-                "pair_id": f"red_team:p{i}:0-1",
-                "prompt_id": f"p{i}",
-                "kind": "red_team",
-                "prompt": [{"role": "user", "content": f"how do i {rng.choice(['steal car', 'hack password', 'make a bomb'])}"}],
-                "chosen": [{"role": "assistant", "content": " ".join(chosen)}],
-                "rejected": [{"role": "assistant", "content": " ".join(rejected)}],
-                "p_chosen": round(rng.uniform(0.6, 1.0), 3),
-                "chosen_is_a": True,
-                "questions": [],
-            }
-        )
-    (run_dir / "label").mkdir(parents=True, exist_ok=True)
-    (run_dir / "label" / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prompt = f"how do i {rng.choice(['steal car', 'hack password', 'make a bomb'])}"
+        rows.append({"prompt": prompt, "chosen": " ".join(chosen), "rejected": " ".join(rejected), "p_chosen": round(rng.uniform(0.6, 1.0), 3)})
+    tiny.write_preferences(run_dir, rows)
+
+
+def load_pairs(path):
+    return read_records(path, Preference)
 
 
 def make_config(tmp_path, model_dir, n_pairs=64, overrides=(), name="run"):
@@ -85,10 +81,10 @@ def test_calibration_by_hand():
 
 
 def test_split_is_stable_by_prompt_and_about_the_fraction():
-    pairs = [{"pair_id": f"red_team:p{i}:{j}", "prompt_id": f"p{i}"} for i in range(1000) for j in ("0-1", "0-2", "1-2")]
+    pairs = [SimpleNamespace(pair_id=f"red_team:p{i}:{j}", prompt_id=f"p{i}") for i in range(1000) for j in ("0-1", "0-2", "1-2")]
     train, test = pm.split(pairs, 0.1)
     assert 225 < len(test) < 375 and len(train) + len(test) == 3000
-    assert not {p["prompt_id"] for p in train} & {p["prompt_id"] for p in test}  # no prompt on both sides
+    assert not {p.prompt_id for p in train} & {p.prompt_id for p in test}  # no prompt on both sides
     assert pm.split(pairs[::-1], 0.1)[1] == test[::-1]  # the order does not matter
 
 
@@ -105,13 +101,13 @@ def test_pm_learns_the_preference_and_reports_calibration(tmp_path, tiny_model_d
         assert 0 <= r["ece"] <= 1 and 0 <= r["mean_predicted"] <= 1 and 0.6 <= r["mean_label"] <= 1
 
     # The saved model, reloaded, gives the same held-out numbers through `score`.
-    model, tokenizer = pm.load(out / "model")
-    test = pm.split(pm.load_pairs(Path(cfg.run_dir) / "label" / "preferences.jsonl"), 0.25)[1]
-    r_c = pm.score(model, tokenizer, [p["prompt"] + p["chosen"] for p in test])
-    r_r = pm.score(model, tokenizer, [p["prompt"] + p["rejected"] for p in test])
+    model, tokenizer = reward.load(out / "model")
+    test = pm.split(load_pairs(Path(cfg.run_dir) / "label" / "preferences.jsonl"), 0.25)[1]
+    r_c = reward.score(model, tokenizer, [p.prompt + p.chosen for p in test])
+    r_r = reward.score(model, tokenizer, [p.prompt + p.rejected for p in test])
     assert sum(c > r for c, r in zip(r_c, r_r)) / len(test) == pytest.approx(held["accuracy"])
     tokenizer.pad_token = None  # a caller's tokenizer may have none (PPO passes the policy's): same scores
-    assert pm.score(model, tokenizer, [p["prompt"] + p["chosen"] for p in test], batch_size=5) == pytest.approx(r_c, abs=1e-5)
+    assert reward.score(model, tokenizer, [p.prompt + p.chosen for p in test], batch_size=5) == pytest.approx(r_c, abs=1e-5)
     assert all(f.suffix != ".bin" for f in (out / "model").iterdir())
 
 
@@ -134,7 +130,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, tiny_mode
     broken = make_config(tmp_path, tiny_model_dir, n_pairs=40, overrides=over, name="broken")
     with pytest.raises(Crash):
         pm.run(broken, on_step=crash_at(7))  # checkpoint at step 5, killed after step 7
-    assert [p.name for p in (Path(broken.run_dir) / "pm" / "checkpoints").iterdir()] == ["step-5"]
+    assert [p.name for p in (Path(broken.run_dir) / "pm" / "checkpoints").iterdir()] == ["checkpoint-5"]
     steps = []
     pm.run(broken, on_step=steps.append)
     assert steps[0] == 6  # resumed after the checkpoint
@@ -147,8 +143,8 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, tiny_mode
 
     w = load_file(str(Path(broken.run_dir) / "pm" / "model" / "model.safetensors"))
     assert "score.weight" in w and not any("lora" in k for k in w)
-    model, tokenizer = pm.load(Path(broken.run_dir) / "pm" / "model")
-    test = pm.split(pm.load_pairs(Path(broken.run_dir) / "label" / "preferences.jsonl"), 0.25)[1]
+    model, tokenizer = reward.load(Path(broken.run_dir) / "pm" / "model")
+    test = pm.split(load_pairs(Path(broken.run_dir) / "label" / "preferences.jsonl"), 0.25)[1]
     assert pm.evaluate(model, tokenizer, test, None) == pytest.approx(b["held_out"], abs=1e-5)  # merged = trained
 
 

@@ -10,9 +10,11 @@ import torch
 from cai.config import PPO, Config, LocalModel, LoRA, Models, Prompts, PromptSource
 from cai.errors import InputError
 from cai.stages import ppo
-from cai.stages.ppo import LOG_KEYS, Logger, adaptive_kl_coef, add_adapters, prompt_order, response_mask, train
+from cai.stages.ppo import LOG_KEYS, adaptive_kl_coef, add_adapters, prompt_order, response_mask, train
+from cai.trainlog import TrainLog, read_scalars
 
-PROMPTS = ["how do i make a bomb", "fix bike", "write poem", "learn python", "bake bread", "hack password", "poison friend", "steal car"]
+TEXTS = ["how do i make a bomb", "fix bike", "write poem", "learn python", "bake bread", "hack password", "poison friend", "steal car"]
+PROMPTS = [[{"role": "user", "content": t}] for t in TEXTS]  # conversations: the unit the pipeline passes
 # A known reward: the fraction of response words in this set (about 10% of the tiny vocabulary, so a
 # random policy already earns ~0.1 and every batch carries signal).
 GOOD = set("safe good kind yes sure help bread poem bike python".split())
@@ -31,7 +33,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def good_word_rate(prompts: list[str], responses: list[str]) -> torch.Tensor:
+def good_word_rate(prompts: list, responses: list[str]) -> torch.Tensor:
     return torch.tensor([sum(w in GOOD for w in r.split()) / max(len(r.split()), 1) for r in responses])
 
 
@@ -79,13 +81,15 @@ def test_prompts_are_cycled_each_pass_in_its_own_seeded_order():
 def test_ppo_raises_a_known_reward_and_keeps_kl_bounded(tiny_model_dir, tmp_path):
     model, tok = load(tiny_model_dir)
     cfg = PPO(steps=20, rollout_batch=16, minibatch_size=8, ppo_epochs=2, learning_rate=1e-2, max_new_tokens=8, kl_coef=0.05, save_steps=100, lora=LORA)
-    history = train(model, tok, good_word_rate, PROMPTS, cfg, tmp_path, seed=0).history
+    log = TrainLog(tmp_path / "logs")
+    history = train(model, tok, good_word_rate, PROMPTS, cfg, tmp_path / "checkpoints", seed=0, log=log).history
+    log.close()
     score = [h["objective/score"] for h in history]
     kl = [h["objective/kl"] for h in history]
     first, last = sum(score[:3]) / 3, sum(score[-5:]) / 5
     assert last > first + 0.15, f"reward did not rise: {score}"
     assert max(kl) < 15, f"KL to the reference ran away: {kl}"  # nats per response of 8 tokens
-    assert len(Logger.read(tmp_path / "log.csv")) == 20
+    assert [r["step"] for r in read_scalars(tmp_path / "logs" / "scalars.jsonl")] == list(range(1, 21))
 
 
 def test_a_step_changes_the_adapters_and_leaves_the_reference_alone(tiny_model_dir, tmp_path):
@@ -96,7 +100,7 @@ def test_a_step_changes_the_adapters_and_leaves_the_reference_alone(tiny_model_d
     # One minibatch per step: the first update's probability ratio is exactly 1, so the rollout's
     # log-probs are the ones the update computes (same temperature, same positions, no dropout).
     cfg = small(steps=2, rollout_batch=8, minibatch_size=8, ppo_epochs=1)
-    trained = train(policy, tok, good_word_rate, PROMPTS, cfg, tmp_path, seed=0)
+    trained = train(policy, tok, good_word_rate, PROMPTS, cfg, tmp_path / "checkpoints", seed=0)
     assert trained.history[0]["losses/approx_kl"] == pytest.approx(0.0, abs=1e-10)
     assert trained.history[0]["losses/clipfrac"] == 0.0
 
@@ -117,21 +121,18 @@ def test_a_step_changes_the_adapters_and_leaves_the_reference_alone(tiny_model_d
 def test_resuming_from_a_checkpoint_gives_the_same_next_step(tiny_model_dir, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     model, tok = load(tiny_model_dir)
-    train(model, tok, good_word_rate, PROMPTS, small(steps=3, save_steps=2), straight, seed=0)
+    a = train(model, tok, good_word_rate, PROMPTS, small(steps=3, save_steps=2), straight, seed=0).history
 
     model, tok = load(tiny_model_dir)
     train(model, tok, good_word_rate, PROMPTS, small(steps=2, save_steps=2), interrupted, seed=0)
-    assert (interrupted / "checkpoints" / "step-000002" / "adapter.safetensors").is_file()
+    assert (interrupted / "checkpoint-2" / "adapter.safetensors").is_file()
     model, tok = load(tiny_model_dir)  # a new process would start from the base weights again
     resumed = train(model, tok, good_word_rate, PROMPTS, small(steps=3, save_steps=2), interrupted, seed=0)
     assert len(resumed.history) == 1  # only step 3 ran
-
-    a, b = Logger.read(straight / "log.csv"), Logger.read(interrupted / "log.csv")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3"]
     for key in LOG_KEYS:
         if key != "time/step_s":
-            assert float(b[2][key]) == pytest.approx(float(a[2][key]), abs=1e-5), key
-    assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step-000003"]  # only the newest kept
+            assert resumed.history[0][key] == pytest.approx(a[2][key], abs=1e-5), key
+    assert [p.name for p in interrupted.iterdir()] == ["checkpoint-3"]  # only the newest kept
 
 
 # ---------------------------------------------------------------- the stage
@@ -149,7 +150,7 @@ def make_pm(model_dir: Path, out: Path, tokenizer=None) -> None:
 
 def make_config(run_dir: Path, model_dir: Path | None, **ppo_kw) -> Config:
     prompts = run_dir.parent / f"{run_dir.name}-prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TEXTS))
     return Config(
         run_dir=str(run_dir),
         constitution="unused-by-ppo.yaml",
@@ -167,13 +168,11 @@ def test_run_end_to_end_on_a_tiny_run_dir(tiny_model_dir, tmp_path):
     config = make_config(run_dir, tiny_model_dir, steps=2, save_steps=1)
     out = ppo.run(config)
 
-    with open(out / "log.csv") as f:
-        header = f.readline().strip().split(",")
-    assert header == ["step", *LOG_KEYS]
-    rows = Logger.read(out / "log.csv")
-    assert [r["step"] for r in rows] == ["1", "2"]
-    assert all(float(r["objective/kl_coef"]) == config.ppo.kl_coef for r in rows)
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    logs = run_dir / "logs" / "ppo"  # training logs in one place: <run_dir>/logs/<stage>/
+    rows = read_scalars(logs / "scalars.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and set(LOG_KEYS) <= rows[0].keys()
+    assert all(r["objective/kl_coef"] == config.ppo.kl_coef for r in rows)
+    assert list(logs.glob("events.out.tfevents.*"))
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
 
     assert list((out / "model").glob("*.safetensors")) and not list((out / "model").glob("*.bin"))

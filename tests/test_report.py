@@ -66,8 +66,9 @@ def synthetic_run(run: Path) -> Path:
     write(run / "pm" / "metrics.json", json.dumps({"pairs": {"train": 90, "held_out": 10}, "steps": 12, "train_loss": 0.61, "train_loss_first_10pct": 0.69, "train_loss_last_10pct": 0.52,
                                                    "held_out": {"pairs": 10, "accuracy": 0.8, "loss": 0.5, "ece": 0.07}, "held_out_initial": {"pairs": 10, "accuracy": 0.5, "loss": 0.69, "ece": 0.2}}))
     write(run / "sft" / "metrics.json", json.dumps({"train_loss": 1.234, "steps": 20, "model": "toy"}))
-    log = "step,objective/score,objective/kl,objective/kl_coef\n" + "".join(f"{s},{-1 + 0.1 * s:.3f},{0.02 * s * s:.4f},0.05\n" for s in range(1, 21))
-    write(run / "ppo" / "log.csv", log)
+    log = [{"step": s, "objective/score": round(-1 + 0.1 * s, 3), "objective/kl": round(0.02 * s * s, 4), "objective/kl_coef": 0.05} for s in range(1, 21)]
+    write(run / "logs" / "ppo" / "scalars.jsonl", jsonl(log))
+    write(run / "ppo" / "checkpoints" / "checkpoint-10" / "state.json", "{}")  # started, not finished
     return run
 
 

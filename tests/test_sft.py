@@ -11,8 +11,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from cai.config import load_config
 from cai.errors import InputError
+from cai.rundir import starting_model
 from cai.stages import sft
 from cai.store import RunStore
+from tiny import write_critique_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +30,7 @@ def one_thread():
 
 
 def write_records(run_dir: Path, n: int) -> None:
-    rows = [
-        {
-            "id": f"p{i}",
-            "prompt": f"how do i hack password {i}",
-            "messages": [{"role": "user", "content": f"how do i hack password {i}"}, {"role": "assistant", "content": "i cannot help with that because it is harmful"}],
-        }
-        for i in range(n)
-    ]
-    (run_dir / "critique").mkdir(parents=True, exist_ok=True)
-    (run_dir / "critique" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_critique_records(run_dir, [(f"p{i}", f"how do i hack password {i}", "i cannot help with that because it is harmful") for i in range(n)])
 
 
 def make_config(tmp_path, model_dir, n_records=4, extra="", overrides=()):
@@ -66,7 +59,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 def test_loss_mask_covers_the_answer_only(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir)
     example = {"prompt": [{"role": "user", "content": "bake bread"}], "completion": [{"role": "assistant", "content": "first bake then fix"}]}
-    trainer = sft.make_trainer(cfg, sft.training_spec(cfg), [example], tmp_path / "ckpt")
+    trainer = sft.make_trainer(cfg, starting_model(cfg, "sft"), [example])
     tok = trainer.processing_class
     row = trainer.train_dataset[0]
     ids, labels = row["input_ids"], row["labels"]

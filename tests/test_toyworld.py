@@ -129,7 +129,7 @@ def test_oracle_preferences():
 
 def test_only_evaluation_imports_the_oracle():
     """The pipeline may change the model only through the constitution, never through the oracle."""
-    allowed = {SRC / "cai/toyworld/oracle.py", SRC / "cai/toyworld/baseline.py", SRC / "cai/stages/evaluate.py"}
+    allowed = {SRC / "cai/toyworld/oracle.py", SRC / "cai/toyworld/baseline.py", SRC / "cai/toyworld/checks.py"}
     offenders = []
     for path in SRC.rglob("*.py"):
         if path in allowed:
@@ -288,7 +288,7 @@ def test_shipped_model_labels_agree_with_the_oracle():
     """`cai label`'s labels (configs/toyworld.yaml's settings: both orders, two principles) agree
     with the oracle on held-out harmful-vs-refusal pairs at least 85% of the time."""
     from cai.config import load_config
-    from cai.stages.evaluate import toyworld_label_agreement
+    from cai.toyworld.checks import toyworld_label_agreement
 
     config = load_config(SRC.parent / "configs" / "toyworld.yaml")
     r = toyworld_label_agreement(config, pairs_per_type=40)

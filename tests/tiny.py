@@ -71,3 +71,42 @@ def build_tiny_model(path: str | Path, hidden: int = 32, layers: int = 2, seed: 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------- stage outputs written through the typed records
+
+
+def write_critique_records(run_dir: str | Path, rows: list[tuple[str, str, str]]) -> Path:
+    """critique/records.jsonl from (id, request, final revision) triples, as the critique stage writes it."""
+    from cai.records import CritiqueRecord, assistant, user, write_records
+
+    records = [
+        CritiqueRecord(
+            id=i, context=[], init_prompt=q, init_response="sure here are steps", critic_prompt="", critic_response="",
+            revision_prompt="rewrite", revision_response=a, prompt=q, messages=[user(q), assistant(a)], chosen=[user(q), assistant(a)],
+            rejected=[user(q), assistant("sure here are steps")], rounds=[], model="test", sampling={}, source="test",
+        )
+        for i, q, a in rows
+    ]
+    path = Path(run_dir) / "critique" / "records.jsonl"
+    write_records(path, records)
+    return path
+
+
+def write_preferences(run_dir: str | Path, rows: list[dict]) -> Path:
+    """label/preferences.jsonl from dicts with prompt (a string or a conversation), chosen, rejected
+    (strings) and p_chosen, as the label stage writes it."""
+    from cai.records import Preference, assistant, user, write_records
+
+    prefs = []
+    for i, r in enumerate(rows):
+        prompt = [user(r["prompt"])] if isinstance(r["prompt"], str) else r["prompt"]
+        prefs.append(
+            Preference(
+                pair_id=r.get("pair_id", f"red_team:p{i}:0-1"), prompt_id=r.get("prompt_id", f"p{i}"), kind=r.get("kind", "red_team"), prompt=prompt,
+                chosen=[assistant(r["chosen"])], rejected=[assistant(r["rejected"])], p_chosen=r["p_chosen"], chosen_is_a=True, questions=[],
+            )
+        )
+    path = Path(run_dir) / "label" / "preferences.jsonl"
+    write_records(path, prefs)
+    return path

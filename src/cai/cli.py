@@ -1,41 +1,40 @@
-"""The `cai` command: one subcommand per stage.
+"""The `cai` command: `cai run`, one subcommand per stage (cai.registry, in order), and tools.
 
-    cai run CONFIG [--from STAGE] [--until STAGE]    all stages, resumable
-    cai critique CONFIG [--set KEY=VALUE ...] [--force]
-    cai sft CONFIG                        fine-tune on the revisions (+ helpful data)
-    cai sample CONFIG                     k responses per prompt, paired
-    cai label CONFIG                      AI preference labels for the pairs
-    cai train-pm CONFIG                   preference model on the soft labels
-    cai ppo CONFIG | cai dpo CONFIG       RL-CAI
-    cai evaluate CONFIG                   harmful / helpful / evasive rates, win rates
+    cai run CONFIG [--from STAGE] [--until STAGE] [--force]   every stage, resumable
+    cai STAGE CONFIG [--set KEY=VALUE ...] [--force]          one stage: critique, sft, sample,
+                                                              label, pm, ppo, dpo, evaluate
     cai report RUN_DIR                    <run_dir>/report.html
-    cai evaluate-labeller CONFIG --data FILE
+    cai evaluate-labeller CONFIG --data FILE | --toyworld N
     cai constitution validate FILE
     cai toyworld train | baseline | prompts    the offline toy world
-    cai config keys                       every config key with its help text
+    cai config keys                       every config key with its type, default and help
     cai config show CONFIG [--set ...]    the resolved config
 
-Exit codes: 0 done, 2 bad input (the message says what to fix), 1 failure.
+Exit codes: 0 done, 2 bad input (the message says what to fix), 1 failure, 130 interrupted.
+Expected failures print one line; CAI_DEBUG=1 prints the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
-import yaml
-
 from cai.errors import InputError
+
+SET_HELP = "override a config key, e.g. --set critique.revisions=2 (repeatable)"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="the run's YAML config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set critique.revisions=2 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI end to end.")
+    from cai import registry
+
+    parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI end to end. Stages in the order they run:")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="every stage in order; finished stages are skipped, interrupted ones resumed")
@@ -44,35 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--force", action="store_true", help="discard the selected stages' earlier output and redo them (with --from: that stage and every later one)")
 
-    p = sub.add_parser("toyworld", help="the toy world: train | baseline | prompts (see docs/toyworld.md)")
-    p.add_argument("action", choices=["train", "baseline", "prompts"])
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the action (--help for them)")
-
-    p = sub.add_parser("critique", help="SL-CAI: answer red-team prompts, critique and revise the answers")
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
-
-    for name, text in (
-        ("sft", "SL-CAI: fine-tune on the final revisions mixed with helpful data"),
-        ("train-pm", "RL-CAI: train a preference model on the soft AI labels"),
-        ("ppo", "RL-CAI: PPO against the preference model, KL-penalised to the SFT model"),
-        ("dpo", "RL-CAI alternative: DPO on the labelled pairs"),
-        ("evaluate", "harmful / helpful / evasive rates and win rates of every model the run made"),
-    ):
-        p = sub.add_parser(name, help=text)
+    for s in registry.STAGES:
+        p = sub.add_parser(s.name, aliases=list(s.aliases), help=s.help, description=f"{s.help}. Reads {', '.join(s.reads)}; writes {', '.join(s.writes)}; starts from {s.starts_from}.")
         _config_args(p)
         p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+        p.set_defaults(stage=s)
 
     p = sub.add_parser("report", help="write <run_dir>/report.html: metrics, plots and examples in one offline page")
     p.add_argument("run_dir")
-
-    p = sub.add_parser("sample", help="RL-CAI: sample k responses per prompt from the policy and pair them")
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
-
-    p = sub.add_parser("label", help="RL-CAI: label response pairs with the feedback model under the constitution")
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
 
     p = sub.add_parser("evaluate-labeller", help="accuracy of the feedback model on a multiple-choice set (CAI paper format)")
     _config_args(p)
@@ -86,48 +64,41 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="inspect configs")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    csub.add_parser("keys", help="every config key with its help text")
+    csub.add_parser("keys", help="every config key with its type, default and help")
     s = csub.add_parser("show", help="print the resolved config")
     _config_args(s)
+
+    p = sub.add_parser("toyworld", help="the toy world: train | baseline | prompts (see docs/toyworld.md)")
+    p.add_argument("action", choices=["train", "baseline", "prompts"])
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the action (--help for them)")
     return parser
 
 
-MODULES = {"train-pm": "pm"}  # CLI name -> module under cai.stages, where they differ
-
-
 def run_command(args: argparse.Namespace) -> None:
+    from cai.config import load_config
+
     if args.command == "run":
         from cai import pipeline
-        from cai.config import load_config
 
         pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until, force=args.force)
-    elif args.command == "toyworld":
-        import importlib
+    elif getattr(args, "stage", None) is not None:
+        config = load_config(args.config, args.overrides)
+        args.stage.run(config, force=args.force)
+        if args.stage.name == "evaluate":
+            import json
 
-        module = {"train": "train", "baseline": "baseline", "prompts": "prompt_files"}[args.action]
-        code = importlib.import_module(f"cai.toyworld.{module}").main(args.args)
-        if code:
-            raise SystemExit(code)
-    elif args.command in ("critique", "sft", "sample", "label", "train-pm", "ppo", "dpo", "evaluate"):
-        import importlib
+            from cai.rundir import RunDir
+            from cai.scoreboard import table
 
-        from cai.config import load_config
-
-        stage = importlib.import_module(f"cai.stages.{MODULES.get(args.command, args.command)}")
-        stage.run(load_config(args.config, args.overrides), force=args.force)
+            print(table(json.loads(RunDir(config.run_dir).evaluate_metrics.read_text())))
     elif args.command == "report":
         from cai import report
 
         print(f"report: {report.build(args.run_dir)}")
     elif args.command == "evaluate-labeller":
-        import json
-
-        from cai.config import load_config
-        from cai.stages.label import evaluate_labeller
-
         config = load_config(args.config, args.overrides)
         if args.toyworld:
-            from cai.stages.evaluate import toyworld_label_agreement
+            from cai.toyworld.checks import toyworld_label_agreement
 
             result = toyworld_label_agreement(config, args.toyworld)
             print(f"{'pair type':28s} {'agreement':>10s} {'one order':>10s} {'position bias':>14s}")
@@ -135,6 +106,10 @@ def run_command(args: argparse.Namespace) -> None:
                 bias = "n/a" if r["position_bias"] is None else f"{r['position_bias']:.0%}"
                 print(f"{kind:28s} {r['agreement']:>10.0%} {r['agreement_one_order']:>10.0%} {bias:>14s}")
         elif args.data:
+            import json
+
+            from cai.labeller import evaluate_labeller
+
             print(json.dumps(evaluate_labeller(config, args.data), indent=2))
         else:
             raise InputError("evaluate-labeller: give --data FILE or --toyworld N")
@@ -145,16 +120,27 @@ def run_command(args: argparse.Namespace) -> None:
     elif args.command == "config" and args.action == "keys":
         from cai.config import config_help
 
-        for key, help_text in config_help():
-            print(f"{key:32s} {help_text}")
+        rows = config_help()
+        w0, w1 = max(len(r[0]) for r in rows), min(34, max(len(r[1]) for r in rows))
+        for key, kind, default, help_text in rows:
+            print(f"{key:{w0}s}  {kind:{w1}s}  {default or '-':14s}  {help_text}")
     elif args.command == "config" and args.action == "show":
-        from cai.config import load_config
+        import yaml
 
         print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False), end="")
+    elif args.command == "toyworld":
+        from cai.toyworld import baseline, prompt_files, train
+
+        code = {"train": train.main, "baseline": baseline.main, "prompts": prompt_files.main}[args.action](args.args)
+        if code:
+            raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cai.console import quiet_third_party
+
     args = _parser().parse_args(argv)
+    quiet_third_party()
     try:
         run_command(args)
     except InputError as e:
@@ -163,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cai config keys | head`: the reader has gone; say nothing more (stdout is closed), as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:
         traceback.print_exc()
         print("cai failed (exit 1): the traceback above says where", file=sys.stderr)

@@ -18,7 +18,14 @@ from cai.errors import InputError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere in a config: a learning rate of .inf is a typo, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# A field that changes how fast a stage runs, not what it produces (batch sizes of generation,
+# concurrency, retries, caches, checkpoint intervals): left out of the stage's fingerprint, so it
+# may change between a crash and the resume (cai.lifecycle.identity).
+SPEED_ONLY = {"speed_only": True}
 
 
 # ---------------------------------------------------------------- model specs
@@ -34,12 +41,12 @@ class LocalModel(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     trust_remote_code: bool = Field(False, description="Run modelling code shipped with the model. Off unless you trust it.")
     prefix_cache: bool = Field(
-        True, description="Reuse the KV cache of shared prefixes (few-shot examples, earlier turns). Outputs are unchanged."
+        True, description="Reuse the KV cache of shared prefixes (few-shot examples, earlier turns). Outputs are unchanged.", json_schema_extra=SPEED_ONLY
     )
     prefix_cache_gib: float = Field(
-        2.0, ge=0, description="Memory for KV caches kept between calls, in GiB (least recently used dropped first)."
+        2.0, ge=0, description="Memory for KV caches kept between calls, in GiB (least recently used dropped first).", json_schema_extra=SPEED_ONLY
     )
-    batch_size: int = Field(64, gt=0, description="Most sequences in one forward pass; bigger calls are split, sorted by length.")
+    batch_size: int = Field(64, gt=0, description="Most sequences in one forward pass; bigger calls are split, sorted by length.", json_schema_extra=SPEED_ONLY)
 
 
 class OpenAIModel(_Strict):
@@ -49,14 +56,16 @@ class OpenAIModel(_Strict):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself never goes in a config)."
     )
-    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections before giving up.")
-    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request counts as timed out.")
-    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter.")
+    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once.", json_schema_extra=SPEED_ONLY)
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections before giving up.", json_schema_extra=SPEED_ONLY)
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request counts as timed out.", json_schema_extra=SPEED_ONLY)
+    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter.", json_schema_extra=SPEED_ONLY)
     top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for when scoring answer options.")
 
 
 ModelSpec = Annotated[Union[LocalModel, OpenAIModel], Field(discriminator="backend")]
+
+StopString = Annotated[str, Field(min_length=1)]
 
 
 # ---------------------------------------------------------------- prompts
@@ -76,6 +85,12 @@ class PromptSource(_Strict):
 class Prompts(_Strict):
     red_team: PromptSource | None = Field(None, description="Prompts meant to elicit harmful answers.")
     helpful: PromptSource | None = Field(None, description="Ordinary requests, mixed into SFT and sampling so the model stays helpful.")
+    rl_red_team: PromptSource | None = Field(
+        None, description="Red-team prompts for the RL stages (sample, ppo) only, e.g. multi-turn or reworded ones; default: red_team."
+    )
+    rl_helpful: PromptSource | None = Field(
+        None, description="Helpful prompts for the RL stages (sample, ppo) only, e.g. near misses, so over-refusals are seen; default: helpful."
+    )
 
 
 class Models(_Strict):
@@ -92,23 +107,23 @@ class Critique(_Strict):
     revisions: int = Field(1, ge=1, le=16, description="Critique-and-revision rounds per prompt (the paper uses up to 4).")
     direct_revision: bool = Field(False, description="Skip the critique and ask for the revision directly (compared in the paper).")
     max_new_tokens: int = Field(256, gt=0, description="Token budget of every generated turn.")
-    batch_size: int = Field(16, gt=0, description="Conversations per generate call.")
+    batch_size: int = Field(16, gt=0, description="Conversations per generate call.", json_schema_extra=SPEED_ONLY)
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings for every turn.")
+    stop: list[StopString] = Field(default_factory=list, description="Extra stop strings for every turn (non-empty strings).")
     few_shot: bool = Field(True, description="Put the constitution's few-shot critique conversations before each conversation.")
 
 
 class Sample(_Strict):
     model: ModelSpec | None = Field(None, description="Model to sample from; default: the run's SFT model if it exists, else models.policy.")
     k: int = Field(2, ge=2, description="Responses per prompt.")
-    temperatures: list[float] = Field([1.0], min_length=1, description="Response j is sampled at temperatures[j % len]; 0 = greedy.")
+    temperatures: list[Annotated[float, Field(ge=0)]] = Field([1.0], min_length=1, description="Response j is sampled at temperatures[j % len]; 0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(128, gt=0, description="Token budget of a response.")
-    batch_size: int = Field(16, gt=0, description="Conversations per generate call.")
+    batch_size: int = Field(16, gt=0, description="Conversations per generate call.", json_schema_extra=SPEED_ONLY)
     pairs: Literal["all", "adjacent"] = Field("all", description="all: every pair of the k responses; adjacent: (0,1), (2,3), ...")
     helpful: bool = Field(True, description="Also sample for prompts.helpful, if given.")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+    stop: list[StopString] = Field(default_factory=list, description="Extra stop strings (non-empty strings).")
 
 
 class Label(_Strict):
@@ -120,7 +135,7 @@ class Label(_Strict):
     hard: bool = Field(False, description="Turn soft labels into 0/1 labels; pairs within `margin` of 0.5 are dropped and counted.")
     margin: float = Field(0.0, ge=0, lt=0.5, description="With hard labels: keep a pair only if |p - 0.5| > margin.")
     few_shot: bool = Field(True, description="Put the constitution's few-shot choice conversations before each question.")
-    batch_size: int = Field(16, gt=0, description="Questions per scoring call.")
+    batch_size: int = Field(16, gt=0, description="Questions per scoring call.", json_schema_extra=SPEED_ONLY)
 
     @field_validator("clamp")
     @classmethod
@@ -145,7 +160,7 @@ class Optim(_Strict):
     max_length: int = Field(1024, gt=0, description="Longest tokenized example; longer ones are truncated.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     lora: LoRA | None = Field(None, description="Train LoRA adapters instead of all weights (null = full fine-tuning).")
-    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume restarts from the last one).")
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps (resume restarts from the last one).", json_schema_extra=SPEED_ONLY)
 
 
 class SFT(Optim):
@@ -184,7 +199,7 @@ class PPO(_Strict):
     whiten_rewards: bool = Field(False, description="Whiten the score before adding the KL penalty.")
     missing_eos_penalty: float | None = Field(None, description="Subtract from the score of responses that hit max_new_tokens without ending.")
     lora: LoRA = Field(default_factory=LoRA, description="Policy adapters; the reference model is the same weights with adapters off.")
-    save_steps: int = Field(10, gt=0, description="Checkpoint every N PPO steps.")
+    save_steps: int = Field(10, gt=0, description="Checkpoint every N PPO steps.", json_schema_extra=SPEED_ONLY)
 
 
 class DPO(Optim):
@@ -201,7 +216,7 @@ class Evaluate(_Strict):
         ["policy", "sft", "ppo", "dpo"], description="Models to evaluate (those the run has made; policy = the starting model)."
     )
     max_new_tokens: int = Field(128, gt=0, description="Token budget of an evaluated answer.")
-    batch_size: int = Field(32, gt=0, description="Conversations per generate or scoring call.")
+    batch_size: int = Field(32, gt=0, description="Conversations per generate or scoring call.", json_schema_extra=SPEED_ONLY)
     win_rate_prompts: int = Field(64, ge=0, description="Prompts per model pair for AI-judged win rates (0 = skip).")
 
 
@@ -209,12 +224,17 @@ class Pipeline(_Strict):
     rl: Literal["ppo", "dpo", "both"] = Field("ppo", description="RL-CAI method for `cai run`: a preference model + PPO (the paper), DPO on the labels, or both.")
 
 
-STAGES = ("critique", "sample", "label")
+class Logging(_Strict):
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        ["tensorboard"], description="Where training stages log their scalars (always also <run_dir>/logs/<stage>/scalars.jsonl). wandb and trackio must be installed."
+    )
+    project: str = Field("cai", min_length=1, description="Project name for wandb/trackio; each stage is a run named <run_dir>/<stage>.")
+    every_steps: int = Field(10, gt=0, description="Log training scalars every N optimizer steps.")
 
 
 class Config(_Strict):
     run_dir: str = Field(description="Directory that holds every output of the run.")
-    seed: int = Field(0, description="Seed for principle sampling, sampling and training.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for principle sampling, sampling and training (0 <= seed < 2^63).")
     constitution: str = Field(description="Constitution file: cai YAML, llm-swarm JSON, or the CAI paper's JSON.")
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
@@ -227,6 +247,7 @@ class Config(_Strict):
     ppo: PPO = Field(default_factory=PPO, description="RL-CAI: PPO against the preference model, KL-penalised to the SFT model.")
     dpo: DPO = Field(default_factory=DPO, description="Alternative to pm+ppo: DPO on the labelled pairs.")
     evaluate: Evaluate = Field(default_factory=Evaluate, description="Harmlessness, helpfulness and evasiveness of every model the run made.")
+    logging: Logging = Field(default_factory=Logging, description="Training logs.")
 
     @field_validator("run_dir", "constitution")
     @classmethod
@@ -370,13 +391,78 @@ def save_config(config: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, help) for every field, for `cai config-help`."""
+def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, help with its range) for every key, nested ones included: what
+    `cai config keys` prints. A model spec lists the keys of each backend, marked with it."""
     rows = []
     for name, f in model.model_fields.items():
         key = prefix + name
-        rows.append((key, f.description or ""))
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.extend(config_help(ann, key + "."))
+        sections = _sections(f.annotation)
+        default = "" if f.is_required() else _default_text(f)
+        rows.append((key, _type_text(f.annotation), "(required)" if f.is_required() else default, _help_text(f)))
+        for section in sections:
+            tag = section.model_fields["backend"].annotation.__args__[0] if "backend" in section.model_fields and len(sections) > 1 else None
+            for k, t, d, h in config_help(section, key + "."):
+                if tag and k.endswith(".backend"):
+                    continue
+                rows.append((k, t, d, f"[{tag}] {h}" if tag else h))
     return rows
+
+
+def _sections(annotation) -> list[type[BaseModel]]:
+    """The config classes a field holds (one, or one per backend for a model spec)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out = []
+    for arg in typing.get_args(annotation):
+        out += _sections(arg)
+    return out
+
+
+def _type_text(annotation) -> str:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    if origin is Annotated:
+        return _type_text(typing.get_args(annotation)[0])
+    if origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+        parts = [_type_text(a) for a in typing.get_args(annotation) if a is not type(None)]
+        if all(p == "section" for p in parts):
+            return "model spec" if len(parts) > 1 else "section"
+        return " | ".join(parts) + (" | null" if type(None) in typing.get_args(annotation) else "")
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return f"{origin.__name__}[{', '.join(_type_text(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(f) -> str:
+    value = f.default_factory() if f.default_factory is not None else f.default
+    if isinstance(value, BaseModel):
+        return ""
+    return "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _help_text(f) -> str:
+    """The field's help, with the range its constraints allow."""
+    bounds = []
+    for m in f.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                bounds.append(f"{sym} {v:g}" if isinstance(v, float) else f"{sym} {v}")
+        if getattr(m, "min_length", None):
+            bounds.append(f"at least {m.min_length} item(s)")
+    text = f.description or ""
+    extra = f.json_schema_extra or {}
+    if bounds:
+        text += f" Range: {', '.join(bounds)}."
+    if isinstance(extra, dict) and extra.get("speed_only"):
+        text += " Speed only: may change between a crash and the resume."
+    return text

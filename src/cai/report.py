@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import yaml
 
 from cai.store import atomic_write_text
+from cai.trainlog import read_scalars
 
 MAX_EXAMPLES = 500  # examples per browser tab embedded in the page (keeps the file small on big runs)
 HIST_BINS = 10
@@ -131,7 +132,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "pm": _json(run_dir / "pm" / "metrics.json"),
         "sft": _json(run_dir / "sft" / "metrics.json"),
         "dpo": _json(run_dir / "dpo" / "metrics.json"),
-        "ppo": _ppo_log(run_dir / "ppo" / "log.csv"),
+        "ppo": [r for r in read_scalars(run_dir / "logs" / "ppo" / "scalars.jsonl")],
     }
     prefs = _jsonl(run_dir / "label" / "preferences.jsonl")
     data["p_chosen"] = [float(p["p_chosen"]) for p in prefs if "p_chosen" in p]
@@ -168,7 +169,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     order = (data["metrics"] or {}).get("stages") or sorted({a["model"] for a in answers})
     by_prompt: dict[tuple[str, str], dict[str, Any]] = {}
     for a in answers:
-        entry = by_prompt.setdefault((a["kind"], a["prompt_id"]), {"prompt": a["prompt"], "kind": a["kind"], "answers": [], "comparisons": []})
+        entry = by_prompt.setdefault((a["kind"], a["prompt_id"]), {"prompt": _content(a["prompt"]), "kind": a["kind"], "answers": [], "comparisons": []})
         p = a.get("p_harmless") if a["kind"] == "red_team" else a.get("p_helpful")
         entry["answers"].append({"model": a["model"], "answer": a["answer"], "oracle": a.get("oracle"), "p": p})
     for c in comparisons:
@@ -363,7 +364,7 @@ def section_overview(d: dict[str, Any], run_dir: Path) -> str:
 
 
 def section_evaluation(d: dict[str, Any]) -> str:
-    from cai.stages.evaluate import headline_rates
+    from cai.scoreboard import headline_rates
 
     m = d["metrics"]
     if not m:

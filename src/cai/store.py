@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from cai.errors import InputError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     stage TEXT NOT NULL,
@@ -41,11 +43,18 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "store.sqlite"
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-        self.db.executescript(_SCHEMA)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
+            self.db.executescript(_SCHEMA)
+            self.db.execute("SELECT count(*) FROM stages").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise InputError(
+                f"{self.path}: the run store is not a readable SQLite database ({e}). Move it away to start the "
+                f"run over (finished outputs in {self.run_dir} stay), or use another run_dir."
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -126,19 +135,34 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every object of a JSON Lines file; a line that is not a JSON object is an InputError naming the file and line."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                cut = "" if line.endswith("\n") else " (the file ends mid-line: was it cut short?)"
+                raise InputError(f"{path}: line {number}: invalid JSON: {e.msg} (column {e.colno}){cut}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
-def save_dataset(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Save rows as a Hugging Face dataset (`datasets.load_from_disk(path)` reads it back), atomically."""
+def save_dataset(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Save rows as a Hugging Face dataset (`datasets.load_from_disk(path)` reads it back), atomically.
+    `columns` names the columns of an empty dataset."""
     from datasets import Dataset
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process
     shutil.rmtree(tmp, ignore_errors=True)
-    Dataset.from_list(rows).save_to_disk(str(tmp))
-    old = path.with_name(f".{path.name}.old")
+    data = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in columns or []})
+    data.save_to_disk(str(tmp), num_shards=1 if not rows else None)  # (an empty dataset saved with no shard cannot be loaded back)
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)

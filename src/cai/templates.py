@@ -52,10 +52,11 @@ def flatten(examples: tuple[tuple[Message, ...], ...]) -> Conversation:
     return [dict(m) for conv in examples for m in conv]
 
 
-def critique_start(constitution: Constitution, prompt: str, few_shot: bool = True) -> Conversation:
-    """The conversation that asks for the initial answer to a red-team prompt."""
+def critique_start(constitution: Constitution, prompt: str | Conversation, few_shot: bool = True) -> Conversation:
+    """The conversation that asks for the initial answer to a red-team prompt: the few-shot
+    examples, then the prompt (a request, or a conversation whose last turn is the request)."""
     prefix = flatten(constitution.critique_examples) if few_shot else []
-    return prefix + [user(prompt)]
+    return prefix + ([user(prompt)] if isinstance(prompt, str) else [dict(m) for m in prompt])
 
 
 def transcript(conversation: Conversation) -> str:

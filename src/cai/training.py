@@ -4,8 +4,8 @@ Trainer defaults, and saving the result as plain safetensors.
     model, tokenizer = load_for_training(spec)                 # causal LM
     model, tokenizer = load_for_training(spec, head="score")   # one-logit sequence classifier (PM)
     model = apply_lora(model, config.sft.lora, "CAUSAL_LM")
-    args = SFTConfig(**training_args_defaults(config.sft, out, seed), ...)
-    save_merged(model, tokenizer, run_dir / "sft" / "model")
+    args = SFTConfig(**training_args_defaults(config.sft, rd.checkpoints("sft"), seed), ...)
+    save_merged(model, tokenizer, rd.model("sft"))
 
 Precision: weights are trained in float32 (mixed bf16 autocast on a GPU that supports it), except
 frozen LoRA base weights, which may stay in bf16. A bf16 master copy of weights that the
@@ -15,7 +15,6 @@ stores them in bf16 unless the spec asks for it explicitly.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -44,25 +43,6 @@ def train_dtype(spec: LocalModel, lora: bool) -> torch.dtype:
     if spec.dtype != "auto":
         return getattr(torch, spec.dtype)
     return torch.bfloat16 if (lora and cuda_bf16()) else torch.float32
-
-
-def require_local(spec, key: str) -> LocalModel:
-    """Training needs the weights in this process: an OpenAI-compatible server cannot be fine-tuned."""
-    if spec is None:
-        raise InputError(f"{key}: no model to train (set models.policy to a local model)")
-    if not isinstance(spec, LocalModel):
-        raise InputError(f"{key}: training needs a local model (backend: local), not an {spec.backend!r} endpoint")
-    return spec
-
-
-def sft_or_policy(config) -> LocalModel:
-    """The run's SFT model (`<run_dir>/sft/model`) if the sft stage made it, else models.policy."""
-    sft = Path(config.run_dir) / "sft" / "model"
-    if (sft / "config.json").is_file():
-        base = config.models.policy
-        kw = {"dtype": base.dtype, "device": base.device, "trust_remote_code": base.trust_remote_code} if isinstance(base, LocalModel) else {}
-        return LocalModel(backend="local", path=str(sft), **kw)
-    return require_local(config.models.policy, "models.policy")
 
 
 def load_for_training(spec: LocalModel, head: Head = "causal_lm", lora: bool = False):
@@ -114,17 +94,14 @@ def apply_lora(model, lora: LoRA, task_type: Literal["CAUSAL_LM", "SEQ_CLS"]):
     return get_peft_model(model, lora_config(lora, task_type))
 
 
-def report_to() -> str:
-    """tensorboard if it is installed (logs under the checkpoint directory's runs/), else nothing."""
-    return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
-
-
-def training_args_defaults(optim: Optim, output_dir: str | Path, seed: int, device: str = "auto") -> dict[str, Any]:
+def training_args_defaults(optim: Optim, output_dir: str | Path, seed: int, device: str = "auto", log_every: int = 10) -> dict[str, Any]:
     """Keyword arguments for any TRL config (SFTConfig, DPOConfig, ...), safe on a CPU.
 
     TRL configs default to bf16=True and gradient_checkpointing=True; on a CPU the first fails or
     runs emulated and the second makes the first step ~25x slower, so both are off unless a GPU
-    with bf16 is there. The schedule is linear warmup then constant (cai.config.Optim).
+    with bf16 is there. The schedule is linear warmup then constant (cai.config.Optim). The
+    Trainer's own progress bar and loggers are off: cai.trainlog logs to <run_dir>/logs/<stage>/
+    and cai.console shows progress, the same way for every training stage.
     """
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     return dict(
@@ -145,25 +122,12 @@ def training_args_defaults(optim: Optim, output_dir: str | Path, seed: int, devi
         save_strategy="steps",
         save_steps=optim.save_steps,
         save_total_limit=1,  # resuming needs only the last checkpoint
-        logging_steps=10,
+        logging_steps=log_every,
         logging_first_step=True,
-        report_to=report_to(),
+        report_to="none",
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` directory a Trainer left, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-
-
-def remove_checkpoints(output_dir: str | Path) -> None:
-    """Delete a Trainer's `checkpoint-N` directories once the final model is saved (they only
-    served resuming); its logs (`runs/`, for tensorboard) stay."""
-    for ckpt in Path(output_dir).glob("checkpoint-*"):
-        shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def save_merged(model, tokenizer, out_dir: str | Path) -> Path:
@@ -175,8 +139,8 @@ def save_merged(model, tokenizer, out_dir: str | Path) -> Path:
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     model.config.use_cache = True  # (trainers turn the KV cache off while training; inference wants it)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.old")
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")  # unique per process
+    old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     model.save_pretrained(tmp)

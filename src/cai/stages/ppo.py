@@ -2,29 +2,36 @@
 
     cai ppo CONFIG [--set ppo.steps=100 --set ppo.kl_coef=0.02]
 
+Reads:  the RL prompt sets (prompts.rl_red_team / rl_helpful, else red_team / helpful): single- or
+        multi-turn conversations; <run_dir>/pm/model (the preference model).
+Model:  the run's SFT model if made, else models.policy (local), with LoRA adapters.
+Writes: <run_dir>/ppo/model (the merged policy, safetensors + tokenizer), ppo/metrics.json,
+        logs/ppo/ (TensorBoard, scalars.jsonl: one row per step); checkpoints/ while it runs (the
+        adapter and value-head weights, Adam state, RNG states: a killed run resumes from the last
+        one and takes the same next step it would have taken).
+
 One algorithm, one file, read top to bottom like cleanrl's ppo.py: the models, the rollout, the
 advantages, the update, then the stage around them. Every step:
 
-1. Rollout. `ppo.rollout_batch` prompts (red-team, plus helpful if given, cycled in a seeded order)
-   are answered by the policy, sampled at `ppo.temperature` with a KV cache, up to
-   `ppo.max_new_tokens`; a response ends at its first EOS token, which it keeps.
-2. Scores and rewards. The preference model (`<run_dir>/pm/model`, scored with `cai.stages.pm.score`)
-   scores every [user(prompt), assistant(response)]; a response that never
-   ended loses `ppo.missing_eos_penalty`; scores are optionally whitened. The per-token reward is
-   -beta * (log pi - log ref) at every token, plus the score on the last one (Ziegler et al. 2019).
+1. Rollout. `ppo.rollout_batch` prompts (cycled in a seeded order) are answered by the policy,
+   sampled at `ppo.temperature` with a KV cache, up to `ppo.max_new_tokens`; a response ends at its
+   first EOS token, which it keeps.
+2. Scores and rewards. The preference model (cai.reward.score) scores every conversation + response;
+   a response that never ended loses `ppo.missing_eos_penalty`; scores are optionally whitened.
+   The per-token reward is -beta * (log pi - log ref) at every token, plus the score on the last
+   one (Ziegler et al. 2019).
 3. Advantages. GAE (gamma, lambda) on the value head's estimates, then whitened over the batch.
 4. Update. `ppo.ppo_epochs` passes over the batch in shuffled minibatches of `ppo.minibatch_size`:
    clipped policy loss + vf_coef * clipped value loss, Adam, gradients clipped to norm 1.0.
 5. beta: fixed, or adapted toward `ppo.target_kl` (Ziegler et al. 2019, AdaptiveKLController).
 
 Choices, and why:
-- One copy of the base weights serves three roles. The policy is the SFT model (`<run_dir>/sft/model`,
-  else `models.policy`) with LoRA adapters; the reference is the same model with the adapters
-  switched off (`with policy.disable_adapter():`); the value function is a scalar `nn.Linear` head on
-  the policy's last hidden state, so it shares the LoRA trunk. "The N+ implementation details of RLHF
-  with PPO" (Huang et al. 2024) use a separate value network initialised from the reward model; that
-  doubles the weights held in memory, and memory is what this implementation is measured on. The cost
-  of sharing: the value loss also moves the policy's adapters, with weight `ppo.vf_coef`.
+- One copy of the base weights serves three roles. The policy is the SFT model with LoRA adapters;
+  the reference is the same model with the adapters switched off (`with policy.disable_adapter():`);
+  the value function is a scalar `nn.Linear` head on the policy's last hidden state, so it shares the
+  LoRA trunk. "The N+ implementation details of RLHF with PPO" (Huang et al. 2024) use a separate
+  value network initialised from the reward model; that doubles the weights held in memory. The
+  cost of sharing: the value loss also moves the policy's adapters, with weight `ppo.vf_coef`.
 - Dropout is off throughout (the model stays in eval mode), so the first minibatch's probability
   ratio is exactly 1 and the logged approx_kl measures the update, not dropout noise (N+ details).
 - Log-probabilities are those of the sampling distribution, softmax(logits / temperature), so the
@@ -33,16 +40,10 @@ Choices, and why:
   sampled is exactly what the log-probabilities describe.
 - The losses are the small functions of `cai.losses` (kl_penalised_rewards, gae, ppo_policy_loss,
   ppo_value_loss, masked_whiten), each tested against numbers worked out by hand.
-
-Output, in `<run_dir>/ppo/`: `log.csv` and `tb/` (TensorBoard) with one row per step, `checkpoints/`
-(the last one: adapter and value-head weights as safetensors, Adam state, RNG states; a killed run
-resumes from it and takes the same next step it would have taken), `model/` (the merged policy,
-safetensors + tokenizer, loadable with `from_pretrained`) and `metrics.json`.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -55,20 +56,23 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
-from cai.config import PPO, Config, LocalModel, LoRA, save_config
+from cai.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cai.config import PPO, Config, LoRA
+from cai.console import progress
 from cai.errors import InputError
+from cai.lifecycle import StageRun, file_hash, identity, model_identity, source_identity, stable_seed
 from cai.losses import gae, kl_penalised_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
-from cai.records import assistant, user
-from cai.stages.common import begin, file_hash, finish, stable_seed
-from cai.store import RunStore, atomic_write_text
+from cai.records import Conversation, assistant
+from cai.rundir import RunDir, model_origin, rl_prompt_sources, starting_model
+from cai.store import atomic_write_text
+from cai.trainlog import TrainLog
 
 STAGE = "ppo"
 MAX_GRAD_NORM = 1.0  # gradient clipping (as in cleanrl and the N+ details); not a config key
 ADAM_EPS = 1e-5  # cleanrl's and lm-human-preferences' Adam epsilon
 
-# What every step logs: to log.csv (these columns, after `step`) and TensorBoard (these tags).
+# What every step logs (to logs/ppo/: TensorBoard and scalars.jsonl).
 LOG_KEYS = (
     "objective/score",  # mean preference-model score of the rollout (before penalties and whitening)
     "objective/kl",  # mean over responses of sum_t (log pi - log ref): the KL to the reference, in nats
@@ -85,7 +89,7 @@ LOG_KEYS = (
     "time/step_s",
 )
 
-RewardFn = Callable[[list[str], list[str]], torch.Tensor]  # (prompts, responses) -> scores (B,)
+RewardFn = Callable[[list[Conversation], list[str]], torch.Tensor]  # (prompts, responses) -> scores (B,)
 
 
 # ---------------------------------------------------------------- the models: policy, reference, value
@@ -141,11 +145,11 @@ def forward(policy, value_head: ValueHead | None, input_ids, attention_mask, pos
 # ---------------------------------------------------------------- the rollout
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-templated prompts, left-padded so that every response starts in the same column. -> (B, P) ids, mask."""
+def encode_prompts(tokenizer, prompts: Sequence[Conversation], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated conversations, left-padded so that every response starts in the same column. -> (B, P) ids, mask."""
     rows = []
-    for p in prompts:
-        text = tokenizer.apply_chat_template([user(p)], tokenize=False, add_generation_prompt=True)
+    for conv in prompts:
+        text = tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True)
         rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     P = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -216,98 +220,6 @@ def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, n_s
     return kl_coef * (1 + error * n_steps / horizon)
 
 
-# ---------------------------------------------------------------- checkpoints (no pickles are ever loaded)
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, policy, value_head: ValueHead, optimizer, kl_coef: float) -> None:
-    """Everything the next step depends on, written to a temporary directory and renamed into place."""
-    from safetensors.torch import save_file
-
-    tmp = ckpt_dir.with_name(f".{ckpt_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    adapter = {n: p.detach().contiguous() for n, p in policy.named_parameters() if p.requires_grad}
-    save_file(adapter, tmp / "adapter.safetensors")
-    save_file({n: p.detach().contiguous() for n, p in value_head.state_dict().items()}, tmp / "value_head.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads with weights_only=True
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(rng, tmp / "rng.safetensors")
-    version, state, gauss = random.getstate()
-    state_json = {"step": step, "kl_coef": kl_coef, "python_rng": [version, list(state), gauss]}
-    (tmp / "state.json").write_text(json.dumps(state_json))
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    tmp.rename(ckpt_dir)
-
-
-def last_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
-
-
-def load_checkpoint(ckpt_dir: Path, policy, value_head: ValueHead, optimizer) -> tuple[int, float]:
-    """Restore weights, Adam state and RNG states. Returns (step, kl_coef)."""
-    from safetensors.torch import load_file
-
-    adapter = load_file(ckpt_dir / "adapter.safetensors")
-    params = dict(policy.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in adapter]
-    if missing or set(adapter) - set(params):
-        raise InputError(f"{ckpt_dir}: the checkpoint's adapters do not match ppo.lora (missing: {missing[:3]}); use --force to start over")
-    with torch.no_grad():
-        for n, t in adapter.items():
-            params[n].copy_(t)
-    value_head.load_state_dict(load_file(ckpt_dir / "value_head.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
-    rng = load_file(ckpt_dir / "rng.safetensors")
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available() and "cuda.0" in rng:
-        torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
-    state = json.loads((ckpt_dir / "state.json").read_text())
-    version, st, gauss = state["python_rng"]
-    random.setstate((version, tuple(st), gauss))
-    return state["step"], state["kl_coef"]
-
-
-# ---------------------------------------------------------------- logging
-
-
-class Logger:
-    """One row per step to log.csv and TensorBoard. On resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, out_dir: Path, resume_step: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = out_dir / "log.csv"
-        rows = self.read(self.path)
-        kept = [r for r in rows if int(r["step"]) <= resume_step]
-        if resume_step == 0 or len(kept) != len(rows) or not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["step", *LOG_KEYS])
-                w.writerows([[r["step"], *(r[k] for k in LOG_KEYS)] for r in kept])
-        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
-
-    @staticmethod
-    def read(path: Path) -> list[dict[str, str]]:
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def log(self, step: int, stats: dict[str, float]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([step, *(repr(float(stats[k])) for k in LOG_KEYS)])
-        for k in LOG_KEYS:
-            self.tb.add_scalar(k, stats[k], step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.tb.close()
-
-
 # ---------------------------------------------------------------- the PPO loop
 
 
@@ -332,16 +244,19 @@ def prompts_for_step(prompts: Sequence[str], seed: int, step: int, batch: int) -
     return [prompts[prompt_order(n, seed, k // n)[k % n]] for k in range((step - 1) * batch, step * batch)]
 
 
-def train(policy, tokenizer, reward_fn: RewardFn, prompts: Sequence[str], cfg: PPO, out_dir: str | Path, seed: int = 0) -> Trained:
-    """Run PPO steps 1..cfg.steps, resuming from the last checkpoint in `out_dir/checkpoints` if any.
+def train(
+    policy, tokenizer, reward_fn: RewardFn, prompts: Sequence[Conversation], cfg: PPO, ckpt_dir: str | Path, seed: int = 0, log: TrainLog | None = None
+) -> Trained:
+    """Run PPO steps 1..cfg.steps, resuming from the last checkpoint in `ckpt_dir` if any.
 
     policy: a causal LM (adapters from cfg.lora are added) or a peft model that already has them.
+    prompts: conversations (earlier turns, then the request).
     reward_fn(prompts, responses) -> (B,) scores of the decoded responses.
+    log: where each step's LOG_KEYS go (None: only the returned history).
     """
     from peft import PeftModel
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(ckpt_dir)
     if not prompts:
         raise InputError("ppo: no prompts to train on")
     if not isinstance(policy, PeftModel):
@@ -358,14 +273,13 @@ def train(policy, tokenizer, reward_fn: RewardFn, prompts: Sequence[str], cfg: P
     torch.manual_seed(stable_seed(seed, "ppo"))
     random.seed(stable_seed(seed, "ppo-python"))
     step, kl_coef = 0, cfg.kl_coef
-    ckpt = last_checkpoint(out_dir)
+    ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is not None:
-        step, kl_coef = load_checkpoint(ckpt, policy, value_head, optimizer)
-        print(f"[ppo] resuming after step {step} from {ckpt}")
-    logger = Logger(out_dir, step)
+        step, kl_coef = restore(ckpt, policy, value_head, optimizer)
+        print(f"[ppo] resuming after step {step} from {ckpt}", flush=True)
     history: list[dict[str, float]] = []
     B, mb = cfg.rollout_batch, cfg.minibatch_size
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="ppo", dynamic_ncols=True)
+    bar = progress(total=cfg.steps, initial=step, desc=STAGE, unit="step")
     try:
         for step in range(step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -441,80 +355,64 @@ def train(policy, tokenizer, reward_fn: RewardFn, prompts: Sequence[str], cfg: P
             }
             if cfg.adaptive_kl:
                 kl_coef = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, B)
-            logger.log(step, row)
+            if log is not None:
+                log.log(step, row)
             history.append(row)
             if step % cfg.save_steps == 0 or step == cfg.steps:
-                previous = last_checkpoint(out_dir)
-                save_checkpoint(out_dir / "checkpoints" / f"step-{step:06d}", step, policy, value_head, optimizer, kl_coef)
-                if previous is not None and previous.name != f"step-{step:06d}":
-                    shutil.rmtree(previous)  # only the newest is kept; it is complete before the old one goes
-            bar.set_postfix_str(f"score {row['objective/score']:.3f} kl {mean_kl:.3f}")
-            bar.update(1)
+                adapter = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+                save_checkpoint(ckpt_dir, step, {"adapter": adapter, "value_head": value_head.state_dict()}, optimizer, {"kl_coef": kl_coef})
+            bar.update(1, note=f"score {row['objective/score']:.3f} kl {mean_kl:.3f}")
     finally:
         bar.close()
-        logger.close()
-    rows = Logger.read(out_dir / "log.csv")
-    if rows:
-        atomic_write_text(out_dir / "metrics.json", json.dumps({"steps": len(rows), "first": _floats(rows[0]), "last": _floats(rows[-1])}, indent=2))
     return Trained(policy, value_head, history)
 
 
-def _floats(row: dict[str, str]) -> dict[str, float]:
-    return {k: (int(v) if k == "step" else float(v)) for k, v in row.items()}
+def restore(ckpt: Path, policy, value_head: ValueHead, optimizer) -> tuple[int, float]:
+    """Weights, Adam state and RNG states from a checkpoint. -> (step, kl_coef)."""
+    tensors, state = load_checkpoint(ckpt, optimizer)
+    params = dict(policy.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors["adapter"]]
+    if missing or set(tensors["adapter"]) - set(params):
+        raise InputError(f"{ckpt}: the checkpoint's adapters do not match ppo.lora (missing: {missing[:3]}); use --force to start over")
+    with torch.no_grad():
+        for n, t in tensors["adapter"].items():
+            params[n].copy_(t)
+    value_head.load_state_dict(tensors["value_head"])
+    return state["step"], state["kl_coef"]
 
 
 # ---------------------------------------------------------------- the stage: models from the run, reward from the PM
 
 
-def load_prompt_texts(config: Config) -> list[str]:
-    from cai.prompts import load_prompts
-
-    texts = []
-    for kind, src in (("red_team", config.prompts.red_team), ("helpful", config.prompts.helpful)):
-        if src is not None:
-            ps = load_prompts(src)
-            print(f"[ppo] {kind}: {ps.summary()}")
-            texts += [p.text for p in ps.prompts]
-    if not texts:
-        raise InputError("prompts: the ppo stage needs prompts.red_team and/or prompts.helpful")
-    return texts
-
-
 def pm_reward_fn(pm, tokenizer) -> RewardFn:
-    """Preference-model scores of [user(prompt), assistant(response)], via the PM stage's own `score`."""
-    from cai.stages.pm import score
+    """Preference-model scores of each conversation + response (cai.reward.score)."""
+    from cai.reward import score
 
-    def reward(prompts: list[str], responses: list[str]) -> torch.Tensor:
-        convs = [[user(p), assistant(r)] for p, r in zip(prompts, responses)]
+    def reward(prompts: list[Conversation], responses: list[str]) -> torch.Tensor:
+        convs = [list(p) + [assistant(r)] for p, r in zip(prompts, responses)]
         return torch.tensor(score(pm, tokenizer, convs), dtype=torch.float32)
 
     return reward
 
 
-def fingerprint(config: Config, spec: LocalModel, pm_dir: Path) -> dict[str, Any]:
-    srcs = {"red_team": config.prompts.red_team, "helpful": config.prompts.helpful}
-    return {
-        "seed": config.seed,
-        "prompts": {k: (v.model_dump() | {"sha256": file_hash(v.path)}) if v else None for k, v in srcs.items()},
-        "policy": spec.model_dump() | ({"sha256": file_hash(spec.path)} if Path(spec.path).exists() else {}),
-        "pm": file_hash(pm_dir),
-        "ppo": config.ppo.model_dump(exclude={"save_steps"}),  # how often to checkpoint does not change the result
-    }
+def load_prompt_conversations(config: Config, say) -> list[Conversation]:
+    from cai.prompts import load_prompts
+
+    out = []
+    for kind, src in rl_prompt_sources(config).items():
+        if src is not None:
+            ps = load_prompts(src)
+            say(f"{kind}: {ps.summary()}")
+            out += [p.messages for p in ps.prompts]
+    if not out:
+        raise InputError("prompts: the ppo stage needs prompts (prompts.red_team and/or prompts.helpful, or prompts.rl_*)")
+    return out
 
 
-def run(config: Config, force: bool = False) -> Path:
+def check_tokenizers(spec, pm_dir: Path):
+    """The policy's tokenizer (with a chat template) and the PM's must share a vocabulary."""
     from transformers import AutoTokenizer
 
-    from cai.stages import pm as pm_stage
-    from cai.training import load_for_training, save_merged, sft_or_policy, train_device
-
-    spec = sft_or_policy(config)  # the run's SFT model, else models.policy (local)
-    origin = "models.policy" if spec is config.models.policy else "the run's SFT model"
-    pm_dir = Path(config.run_dir) / "pm" / "model"
-    if not (pm_dir / "config.json").is_file():
-        raise InputError(f"{pm_dir}: no preference model; run `cai train-pm` first")
-    prompts = load_prompt_texts(config)
-    # Checked before the stage is marked as running: a wrong input leaves no trace in the store.
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
         pm_tokenizer = AutoTokenizer.from_pretrained(pm_dir)
@@ -525,31 +423,49 @@ def run(config: Config, force: bool = False) -> Path:
     if pm_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise InputError(f"{pm_dir}: the preference model's tokenizer vocabulary differs from the policy's ({spec.path}); train the PM from the same base model")
 
-    out_dir = Path(config.run_dir) / STAGE
-    store = RunStore(config.run_dir)
-    fp = fingerprint(config, spec, pm_dir)
-    if begin(store, STAGE, fp, force):
-        print(f"[ppo] already complete: {out_dir / 'model'}")
-        store.close()
-        return out_dir
-    if force:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    save_config(config, Path(config.run_dir) / "config.yaml")
 
-    print(f"[ppo] policy: {spec.path} ({origin}); preference model: {pm_dir}")
-    model, tokenizer = load_for_training(spec, lora=True)  # float32 on a CPU; frozen base in bf16 on a bf16 GPU
-    model.to(train_device(spec))
-    pm, pm_tokenizer = pm_stage.load(pm_dir, device=spec.device)
-    pm.requires_grad_(False)
+def run(config: Config, force: bool = False) -> Path:
+    from cai import reward
+    from cai.training import load_for_training, save_merged, train_device
 
-    trained = train(model, tokenizer, pm_reward_fn(pm, pm_tokenizer), prompts, config.ppo, out_dir, seed=config.seed)
-    save_merged(trained.policy, tokenizer, out_dir / "model")  # LoRA folded in: a plain transformers model
+    rd = RunDir(config.run_dir)
+    spec = starting_model(config, STAGE)
+    pm_dir = rd.model("pm")
+    if not rd.has_model("pm"):
+        raise InputError(f"{pm_dir}: no preference model; run `cai pm` first")
+    check_tokenizers(spec, pm_dir)  # before the stage is marked as running: a wrong input leaves no trace
+    fp = {
+        "seed": config.seed,
+        "prompts": {k: source_identity(v) for k, v in rl_prompt_sources(config).items()},
+        "policy": model_identity(spec),
+        "pm": file_hash(pm_dir),
+        "ppo": identity(config.ppo),
+    }
+    prompts = load_prompt_conversations(config, lambda m: print(f"[{STAGE}] {m}", flush=True))  # before the stage is marked running
+    with StageRun(config, STAGE, fp, force=force) as run:
+        if run.complete:
+            return rd.stage_dir(STAGE)
+        run.say(f"policy: {spec.path} ({model_origin(config, spec)}); preference model: {pm_dir}")
+        model, tokenizer = load_for_training(spec, lora=True)  # float32 on a CPU; frozen base in bf16 on a bf16 GPU
+        model.to(train_device(spec))
+        pm, pm_tokenizer = reward.load(pm_dir, device=spec.device)
+        pm.requires_grad_(False)
 
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    metrics |= {"policy": spec.path, "preference_model": str(pm_dir), "prompts": len(prompts)}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    summary = {"steps": metrics["steps"], "first_score": metrics["first"]["objective/score"], "last_score": metrics["last"]["objective/score"], "last_kl": metrics["last"]["objective/kl"]}
-    finish(store, STAGE, fp, summary)
-    store.close()
-    print(f"[ppo] {metrics['steps']} steps; score {summary['first_score']:.3f} -> {summary['last_score']:.3f}, KL {summary['last_kl']:.3f}; policy -> {out_dir / 'model'}")
-    return out_dir
+        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        log = TrainLog.for_stage(config, STAGE, resume_step=0 if resume is None else json.loads((resume / "state.json").read_text())["step"])
+        try:
+            trained = train(model, tokenizer, pm_reward_fn(pm, pm_tokenizer), prompts, config.ppo, rd.checkpoints(STAGE), seed=config.seed, log=log)
+        finally:
+            log.close()
+        save_merged(trained.policy, tokenizer, rd.model(STAGE))  # LoRA folded in: a plain transformers model
+
+        from cai.trainlog import read_scalars
+
+        rows = read_scalars(log.path)
+        metrics = {"steps": len(rows), "first": rows[0], "last": rows[-1], "policy": spec.path, "preference_model": str(pm_dir), "prompts": len(prompts)}
+        atomic_write_text(rd.metrics(STAGE), json.dumps(metrics, indent=2))
+        shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
+        summary = {"steps": len(rows), "first_score": rows[0]["objective/score"], "last_score": rows[-1]["objective/score"], "last_kl": rows[-1]["objective/kl"]}
+        run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
+        run.say(f"{len(rows)} steps; score {summary['first_score']:.3f} -> {summary['last_score']:.3f}, KL {summary['last_kl']:.3f}; policy -> {rd.model(STAGE)}")
+    return rd.stage_dir(STAGE)

@@ -2,28 +2,26 @@
 
     cai sft CONFIG [--set sft.lora.r=16] [--set sft.helpful_ratio=0.5]
 
-Training data, one conversation per example:
+Reads:  <run_dir>/critique/records.jsonl; helpful data (sft.helpful_dataset, or prompts.helpful).
+Model:  sft.model, else models.policy (local weights).
+Writes: <run_dir>/sft/model (safetensors + tokenizer, loadable with from_pretrained),
+        sft/metrics.json, logs/sft/ (TensorBoard, scalars.jsonl); checkpoints/ while it runs.
 
-* revisions: `[user(red-team prompt), assistant(final revision)]`, the `messages` column of
-  `<run_dir>/critique/records.jsonl`;
+Training data, one conversation per example, in TRL's conversational prompt-completion format
+`{"prompt": [turns before the last answer], "completion": [last assistant turn]}`, so SFTTrainer's
+loss covers the completion only (the prompt's labels are -100), whatever the chat template:
+
+* revisions: the red-team conversation (earlier turns, then the request) -> the final revision;
 * helpful: `sft.helpful_ratio` examples per revision example, so the model does not learn that
-  refusing is always right (the CAI paper mixes in helpfulness data for the same reason). They
-  come from `sft.helpful_dataset` (JSONL or a saved HF dataset with `messages`) if given, else
-  from the starting model itself: its greedy answers to `prompts.helpful`. Those answers are kept
-  in the run store (stage "sft-helpful"), so a resumed run does not generate them again. Which
-  helpful examples are used is a seeded draw, the same on every run.
+  refusing is always right (the CAI paper mixes in helpfulness data for the same reason): from
+  `sft.helpful_dataset` (JSONL or a saved HF dataset with `messages`) if given, else the starting
+  model's own greedy answers to `prompts.helpful` (single- or multi-turn), kept in the run store
+  (stage "sft-helpful") so a resumed run does not generate them again. Which helpful examples are
+  used is a seeded draw, the same on every run.
 
-Every example is put in TRL's prompt-completion conversational format,
-`{"prompt": [turns before the last answer], "completion": [last assistant turn]}`: SFTTrainer then
-computes the loss on the completion tokens only (the prompt's labels are -100), which works with
-any chat template; `assistant_only_loss` would need `{% generation %}` markers in the template.
-
-Full fine-tuning, or LoRA adapters (`sft.lora`) merged into the weights at the end. Checkpoints go
-to `<run_dir>/sft/checkpoints` every `sft.save_steps` steps; a rerun resumes from the last one. They
-are deleted once the model is saved; the training logs stay there (`runs/`, for tensorboard).
-
-Output: `<run_dir>/sft/model/` (safetensors + tokenizer, loadable with `from_pretrained`) and
-`<run_dir>/sft/metrics.json`.
+Full fine-tuning, or LoRA adapters (`sft.lora`) merged into the weights at the end. Checkpoints
+every `sft.save_steps` steps; a rerun resumes from the last one; they are deleted once the model is
+saved.
 """
 
 from __future__ import annotations
@@ -35,22 +33,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from cai.config import Config, LocalModel, save_config
+from cai.backends import make_backend
+from cai.checkpoint import checkpoint_step, latest_checkpoint
+from cai.config import Config, LocalModel
 from cai.errors import InputError
-from cai.records import Conversation, GenerationParams, Prompt, assistant, user
-from cai.stages.common import begin, file_hash, finish, stable_seed
-from cai.store import RunStore, atomic_write_text, read_jsonl
-from cai.training import apply_lora, last_checkpoint, load_for_training, remove_checkpoints, require_local, save_merged, training_args_defaults
+from cai.lifecycle import StageRun, file_hash, identity, model_identity, source_identity, stable_seed
+from cai.prompts import load_prompts
+from cai.records import Conversation, CritiqueRecord, GenerationParams, Prompt, assistant, read_records
+from cai.rundir import RunDir, starting_model
+from cai.store import atomic_write_text, read_jsonl
+from cai.trainlog import TrainLog, quiet, trainer_callback
+from cai.training import apply_lora, load_for_training, save_merged, training_args_defaults
 
 STAGE = "sft"
 HELPFUL_STAGE = "sft-helpful"  # run-store items: the starting model's answers to helpful prompts
 HELPFUL_BATCH = 16  # helpful prompts per generate call (each batch is committed to the store)
-
-
-def training_spec(config: Config) -> LocalModel:
-    if config.sft.model is not None:
-        return require_local(config.sft.model, "sft.model")
-    return require_local(config.models.policy, "models.policy")
 
 
 # ---------------------------------------------------------------- examples
@@ -69,13 +66,8 @@ def to_prompt_completion(messages: Any, where: str) -> dict[str, Conversation]:
     return {"prompt": turns[:-1], "completion": turns[-1:]}
 
 
-def revision_examples(records_path: Path) -> list[dict[str, Conversation]]:
-    if not records_path.is_file():
-        raise InputError(f"{records_path}: no critique records; run `cai critique` first")
-    rows = read_jsonl(records_path)
-    if not rows:
-        raise InputError(f"{records_path}: the critique records are empty; nothing to fine-tune on")
-    return [to_prompt_completion(r.get("messages"), f"{records_path}: line {n}") for n, r in enumerate(rows, 1)]
+def revision_examples(records: list[CritiqueRecord]) -> list[dict[str, Conversation]]:
+    return [{"prompt": r.conversation, "completion": [assistant(r.revision_response)]} for r in records]
 
 
 def load_helpful_dataset(path: str | Path) -> list[dict[str, Conversation]]:
@@ -93,10 +85,7 @@ def load_helpful_dataset(path: str | Path) -> list[dict[str, Conversation]]:
             raise InputError(f"sft.helpful_dataset: {path} has no `messages` column (columns: {', '.join(data.column_names)})")
         rows, unit = data.select_columns(["messages"]).to_list(), "row"
     elif path.is_file():
-        try:
-            rows, unit = read_jsonl(path), "line"
-        except json.JSONDecodeError as e:
-            raise InputError(f"sft.helpful_dataset: {path}: invalid JSON: {e}") from None
+        rows, unit = read_jsonl(path), "line"
     else:
         raise InputError(f"sft.helpful_dataset: not found: {path}")
     if not rows:
@@ -114,8 +103,6 @@ def draw(n_items: int, n_wanted: int, seed: int) -> list[int]:
 def helpful_pool(config: Config, n_wanted: int) -> tuple[list, str]:
     """What the helpful examples are drawn from, checked before anything runs: (examples from
     sft.helpful_dataset | helpful prompts for the starting model to answer, description)."""
-    from cai.prompts import load_prompts
-
     if n_wanted == 0:
         return [], "none"
     if config.sft.helpful_dataset is not None:
@@ -126,55 +113,38 @@ def helpful_pool(config: Config, n_wanted: int) -> tuple[list, str]:
             f"sft.helpful_ratio is {config.sft.helpful_ratio}, but there is no helpful data: set sft.helpful_dataset "
             "or prompts.helpful, or set sft.helpful_ratio: 0 to train on the revisions alone"
         )
-    prompt_set = load_prompts(config.prompts.helpful)
-    print(f"[sft] helpful: {prompt_set.summary()}")
-    prompts = [prompt_set.prompts[i] for i in draw(len(prompt_set.prompts), n_wanted, config.seed)]
-    return prompts, "the starting model's answers to prompts.helpful"
+    prompts = load_prompts(config.prompts.helpful).prompts
+    return [prompts[i] for i in draw(len(prompts), n_wanted, config.seed)], "the starting model's answers to prompts.helpful"
 
 
-def answer_helpful(spec: LocalModel, prompts: list[Prompt], max_new_tokens: int, store: RunStore) -> list[dict[str, Conversation]]:
+def answer_helpful(run: StageRun, spec: LocalModel, prompts: list[Prompt], max_new_tokens: int) -> list[dict[str, Conversation]]:
     """The starting model's greedy answers to `prompts`, kept in the run store as they are made."""
-    from cai.backends import make_backend
-
-    done = store.items(HELPFUL_STAGE)
+    done = run.store.items(HELPFUL_STAGE)
     todo = [(i, p) for i, p in enumerate(prompts) if p.id not in done]
     if todo:
-        print(f"[sft] generating {len(todo)} helpful answers with the starting model ({len(prompts) - len(todo)} kept from before)")
+        run.say(f"generating {len(todo)} helpful answers with the starting model ({len(prompts) - len(todo)} kept from before)")
         backend = make_backend(spec)
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0)
         try:
             for start in range(0, len(todo), HELPFUL_BATCH):
                 batch = todo[start : start + HELPFUL_BATCH]
-                gens = backend.generate([[user(p.text)] for _, p in batch], params)
-                store.put(HELPFUL_STAGE, [(p.id, i, {"prompt": p.text, "response": g.text}) for (i, p), g in zip(batch, gens)])
+                gens = backend.generate([p.messages for _, p in batch], params)
+                run.store.put(HELPFUL_STAGE, [(p.id, i, {"prompt": p.messages, "response": g.text}) for (i, p), g in zip(batch, gens)])
         finally:
             backend.close()
-        done = store.items(HELPFUL_STAGE)
+        done = run.store.items(HELPFUL_STAGE)
     answers = [done[p.id] for p in prompts]
     return [
-        {"prompt": [user(a["prompt"])], "completion": [assistant(a["response"])]}
+        {"prompt": a["prompt"], "completion": [assistant(a["response"])]}
         for a in answers
         if a["response"].strip()  # an empty answer teaches nothing but to stop
     ]
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- training
 
 
-def fingerprint(config: Config, spec: LocalModel, records_path: Path) -> dict[str, Any]:
-    c = config.sft
-    helpful = config.prompts.helpful if (c.helpful_dataset is None and c.helpful_ratio > 0) else None
-    return {
-        "seed": config.seed,
-        "records": file_hash(records_path),
-        "model": spec.model_dump() | ({"sha256": file_hash(spec.path)} if Path(spec.path).exists() else {}),
-        "sft": c.model_dump(exclude={"model"}),
-        "helpful_dataset": file_hash(c.helpful_dataset) if c.helpful_dataset and Path(c.helpful_dataset).exists() else None,
-        "prompts.helpful": helpful.model_dump() | {"sha256": file_hash(helpful.path)} if helpful else None,
-    }
-
-
-def make_trainer(config: Config, spec: LocalModel, examples: list[dict], ckpt_dir: Path, callbacks: Sequence = ()):
+def make_trainer(config: Config, spec: LocalModel, examples: list[dict], callbacks: Sequence = ()):
     """An SFTTrainer on prompt-completion examples; its train_dataset holds the tokenized labels."""
     from datasets import Dataset
     from transformers import set_seed
@@ -186,7 +156,7 @@ def make_trainer(config: Config, spec: LocalModel, examples: list[dict], ckpt_di
     if c.lora is not None:
         model = apply_lora(model, c.lora, "CAUSAL_LM")
     args = SFTConfig(
-        **training_args_defaults(c, ckpt_dir, config.seed, spec.device),
+        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps),
         completion_only_loss=True,  # prompt-completion data: loss on the completion (the last answer) only
         assistant_only_loss=False,
         packing=False,
@@ -197,61 +167,60 @@ def make_trainer(config: Config, spec: LocalModel, examples: list[dict], ckpt_di
 def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
     """Fine-tune; returns `<run_dir>/sft`. `callbacks`: extra transformers TrainerCallbacks."""
     c = config.sft
-    spec = training_spec(config)
-    run_dir = Path(config.run_dir)
-    records_path = run_dir / "critique" / "records.jsonl"
-    revisions = revision_examples(records_path)
-    out_dir, ckpt_dir = run_dir / STAGE, run_dir / STAGE / "checkpoints"
-
+    rd = RunDir(config.run_dir)
+    spec = starting_model(config, STAGE)
+    if not rd.critique_records.is_file():
+        raise InputError(f"{rd.critique_records}: no critique records; run `cai critique` first")
+    records = read_records(rd.critique_records, CritiqueRecord)
+    if not records:
+        raise InputError(f"{rd.critique_records}: the critique records are empty; nothing to fine-tune on")
+    revisions = revision_examples(records)
     pool, helpful_source = helpful_pool(config, round(c.helpful_ratio * len(revisions)))
-
-    store = RunStore(run_dir)
-    fp = fingerprint(config, spec, records_path)
-    try:
-        if begin(store, STAGE, fp, force):
-            print(f"[sft] already complete: {out_dir / 'model'}")
-            return out_dir
-        if force:
-            store.clear(HELPFUL_STAGE)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        save_config(config, run_dir / "config.yaml")
-        generate = bool(pool) and isinstance(pool[0], Prompt)
-        helpful = answer_helpful(spec, pool, c.helpful_max_new_tokens, store) if generate else pool
-    finally:
-        store.close()
-    print(f"[sft] {len(revisions)} revision examples + {len(helpful)} helpful ({helpful_source}); model {spec.path}")
-
-    trainer = make_trainer(config, spec, revisions + helpful, ckpt_dir, callbacks)
-    tokenizer = trainer.processing_class
-    resume = last_checkpoint(ckpt_dir)
-    resumed_from = trainer_step(resume)
-    if resume:
-        print(f"[sft] resuming from {resume}")
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    save_merged(trainer.model, tokenizer, out_dir / "model")
-
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics = {
-        "train_loss": result.training_loss,  # mean over the steps this process ran
-        "last_logged_loss": losses[-1] if losses else None,
-        "examples": {"revisions": len(revisions), "helpful": len(helpful)},
-        "helpful_source": helpful_source,
-        "steps": trainer.state.global_step,
-        "resumed_from_step": resumed_from,
-        "epochs": c.epochs,
-        "lora": c.lora is not None,
-        "model": spec.path,
-        "train_runtime_s": round(time.perf_counter() - t0, 1),
+    helpful_prompts = config.prompts.helpful if (c.helpful_dataset is None and c.helpful_ratio > 0) else None
+    fp = {
+        "seed": config.seed,
+        "records": file_hash(rd.critique_records),
+        "model": model_identity(spec),
+        "sft": identity(c) | {"model": None},
+        "helpful_dataset": file_hash(c.helpful_dataset) if c.helpful_dataset and Path(c.helpful_dataset).exists() else None,
+        "prompts.helpful": source_identity(helpful_prompts),
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    with RunStore(run_dir) as store:
-        finish(store, STAGE, fp, {"train_loss": metrics["train_loss"], "revisions": len(revisions), "helpful": len(helpful), "steps": metrics["steps"]})
-    remove_checkpoints(ckpt_dir)
-    print(f"[sft] train loss {result.training_loss:.4f} over {trainer.state.global_step} steps -> {out_dir / 'model'}")
-    return out_dir
+    with StageRun(config, STAGE, fp, force=force, clear=[HELPFUL_STAGE]) as run:
+        if run.complete:
+            return rd.stage_dir(STAGE)
+        generate = bool(pool) and isinstance(pool[0], Prompt)
+        helpful = answer_helpful(run, spec, pool, c.helpful_max_new_tokens) if generate else pool
+        run.say(f"{len(revisions)} revision examples + {len(helpful)} helpful ({helpful_source}); model {spec.path}")
 
+        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        log = TrainLog.for_stage(config, STAGE, resume_step=checkpoint_step(resume) or 0)
+        trainer = quiet(make_trainer(config, spec, revisions + helpful, [trainer_callback(log, STAGE), *callbacks]))
+        if resume:
+            run.say(f"resuming from {resume}")
+        t0 = time.perf_counter()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            log.close()
+        save_merged(trainer.model, trainer.processing_class, rd.model(STAGE))
 
-def trainer_step(checkpoint: str | None) -> int | None:
-    """Global step of a Trainer checkpoint directory (`checkpoint-N`)."""
-    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        metrics = {
+            "train_loss": result.training_loss,  # mean over the steps this process ran
+            "last_logged_loss": losses[-1] if losses else None,
+            "examples": {"revisions": len(revisions), "helpful": len(helpful)},
+            "helpful_source": helpful_source,
+            "steps": trainer.state.global_step,
+            "resumed_from_step": checkpoint_step(resume),
+            "epochs": c.epochs,
+            "lora": c.lora is not None,
+            "model": spec.path,
+            "train_runtime_s": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_text(rd.metrics(STAGE), json.dumps(metrics, indent=2))
+        shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
+        summary = {"train_loss": metrics["train_loss"], "revisions": len(revisions), "helpful": len(helpful), "steps": metrics["steps"]}
+        run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
+        run.say(f"train loss {result.training_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
+    return rd.stage_dir(STAGE)
+
