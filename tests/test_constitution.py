@@ -325,7 +325,12 @@ BROKEN = {
         "    instruction: [1, 2]",
         ["rl_principles[0].instruction (line 11)", "expected text; got a list"],
     ),
-    "key given twice": ("name: test", "name: test\nname: again", ["name (line 2)", "key given twice"]),
+    "key given twice": ("name: test", "name: test\nname: again", ["name: duplicate key (lines 1 and 2)"]),
+    "key given twice in an item": (
+        "    critique: Critique it again.",
+        "    critique: Critique it again.\n    revision: Revise it.",
+        ["sl_principles[1].revision: duplicate key (lines 8 and 9)"],
+    ),
 }
 
 
