@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 import yaml
 
-from cai.errors import InputError
+from cai.errors import InputError, report
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -157,16 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         run_command(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        print("cai failed (exit 1): the traceback above says where", file=sys.stderr)
-        return 1
+        sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
+    except (Exception, KeyboardInterrupt) as e:
+        return report(e)  # one line for expected failures, a traceback for bugs (cai.errors)
     return 0
 
 
