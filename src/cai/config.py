@@ -271,7 +271,7 @@ def _resolve_paths(data: dict, base: Path) -> None:
         p = Path(os.path.expanduser(value))
         if p.is_absolute():
             return str(p)
-        return str((base / p).resolve()) if _exists(base / p) else value
+        return str((base / p).resolve()) if (base / p).exists() else value
 
     def section(name: str) -> dict:
         # A section of the wrong type is left for validation to report, with its line.
@@ -345,20 +345,13 @@ def _format_errors(path: Path, err: ValidationError, lines: dict[str, int], over
 
 def check_files(config: Config, path: Path) -> None:
     """Files a config names must exist (hub ids for local models are allowed through)."""
-    if not _exists(Path(config.constitution)):
+    if not Path(config.constitution).exists():
         raise InputError(f"{path}: constitution: file not found: {config.constitution}")
     for section in ("prompts", "evaluate"):
         for name in ("red_team", "helpful"):
             src = getattr(getattr(config, section), name)
-            if src is not None and not _exists(Path(src.path)):
+            if src is not None and not Path(src.path).exists():
                 raise InputError(f"{path}: {section}.{name}.path: file not found: {src.path}")
-
-
-def _exists(p: Path) -> bool:
-    try:
-        return p.exists()
-    except ValueError:  # a NUL byte in the name (YAML's "\0"); no such file can exist
-        return False
 
 
 def save_config(config: Config, path: Path) -> None:
