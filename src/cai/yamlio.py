@@ -149,7 +149,7 @@ def _build(node: yaml.Node, parts: tuple[str | int, ...], lines: dict[str, int],
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*parts, i), lines, source, constructor) for i, v in enumerate(node.value)]
     out: dict[str, Any] = {}
-    first_line: dict[str, int] = {}
+    first: dict[str, yaml.Mark] = {}
     for key_node, value_node in node.value:
         line = key_node.start_mark.line + 1
         if not isinstance(key_node, yaml.ScalarNode):
@@ -157,11 +157,17 @@ def _build(node: yaml.Node, parts: tuple[str | int, ...], lines: dict[str, int],
         key = key_node.value
         child = (*parts, key)
         if key in out:
-            raise InputError(f"{source}: {item_name(child)}: duplicate key (lines {first_line[key]} and {line})")
-        first_line[key] = line
+            raise InputError(f"{source}: {item_name(child)}: duplicate key ({_two_places(first[key], key_node.start_mark)})")
+        first[key] = key_node.start_mark
         lines[item_name(child)] = line
         out[key] = _build(value_node, child, lines, source, constructor)
     return out
+
+
+def _two_places(a: yaml.Mark, b: yaml.Mark) -> str:
+    if a.line == b.line:  # flow style, e.g. a --set value: {x: 1, x: 2}
+        return f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}"
+    return f"lines {a.line + 1} and {b.line + 1}"
 
 
 def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> str:
