@@ -1,4 +1,4 @@
-"""cai.errors.explain / report: one line instead of a traceback for failures a user expects."""
+"""cai.errors.explain / handle: one line instead of a traceback for failures a user expects."""
 
 import errno
 import io
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cai.errors import EXIT_BROKEN_PIPE, BackendError, InputError, explain, report
+from cai.errors import EXIT_BROKEN_PIPE, BackendError, InputError, explain, handle
 from cai.store import RunStore
 
 
@@ -30,7 +30,7 @@ def test_a_bug_is_not_explained_and_shows_its_traceback():
     e = raised(lambda: {}["missing"])
     assert explain(e) is None
     err = io.StringIO()
-    assert report(e, err) == 1
+    assert handle(e, err) == 1
     assert "Traceback" in err.getvalue() and "KeyError: 'missing'" in err.getvalue()
     assert err.getvalue().rstrip().endswith("cai failed (exit 1): the traceback above says where (CAI_DEBUG=1 shows it for every failure)")
 
@@ -97,9 +97,9 @@ def test_closed_stdout_pipe_is_a_quiet_exit(monkeypatch):
     assert isinstance(e, BrokenPipeError)
     assert explain(e) == (EXIT_BROKEN_PIPE, "")
     err = io.StringIO()
-    assert report(e, err) == EXIT_BROKEN_PIPE and err.getvalue() == ""
+    assert handle(e, err) == EXIT_BROKEN_PIPE and err.getvalue() == ""
     pipe.write("more output at exit\n")
-    pipe.flush()  # report pointed stdout at /dev/null: the flush at exit cannot fail again
+    pipe.flush()  # handle pointed stdout at /dev/null: the flush at exit cannot fail again
     monkeypatch.undo()
     pipe.close()
 
@@ -113,10 +113,10 @@ def test_a_broken_pipe_elsewhere_is_not_quiet():
 def test_cai_debug_shows_the_traceback_of_expected_failures_too(monkeypatch):
     e = raised(lambda: _raise(InputError("run.yaml: seed (line 2): bad")))
     err = io.StringIO()
-    assert report(e, err) == 2 and err.getvalue() == "error: run.yaml: seed (line 2): bad\n"
+    assert handle(e, err) == 2 and err.getvalue() == "error: run.yaml: seed (line 2): bad\n"
     monkeypatch.setenv("CAI_DEBUG", "1")
     err = io.StringIO()
-    assert report(e, err) == 2
+    assert handle(e, err) == 2
     assert "Traceback" in err.getvalue() and err.getvalue().endswith("error: run.yaml: seed (line 2): bad\n")
 
 

@@ -25,7 +25,7 @@ import sys
 
 import yaml
 
-from cai.errors import InputError, report
+from cai.errors import InputError, handle
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         run_command(args)
         sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
     except (Exception, KeyboardInterrupt) as e:
-        return report(e)  # one line for expected failures, a traceback for bugs (cai.errors)
+        return handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
     return 0
 
 

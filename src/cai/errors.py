@@ -9,7 +9,7 @@ pipe): `explain` turns them into one line instead of a traceback. `cli.main` use
         run_command(args)
         sys.stdout.flush()   # a closed pipe shows up here when the output fit in the buffer
     except (Exception, KeyboardInterrupt) as e:
-        return report(e)
+        return handle(e)
 
 `CAI_DEBUG=1` in the environment shows the traceback for every failure, expected or not.
 """
@@ -65,7 +65,7 @@ def explain(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-def report(exc: BaseException, stderr: TextIO | None = None) -> int:
+def handle(exc: BaseException, stderr: TextIO | None = None) -> int:
     """Print what the user should see for `exc` (one line, or the traceback of a bug, or both with
     CAI_DEBUG=1) and return the exit code."""
     stderr = stderr or sys.stderr
