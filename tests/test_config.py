@@ -124,3 +124,82 @@ def test_every_field_has_help_type_default_and_range():
     assert keys["models.policy.base_url"][2].startswith("[openai]") and keys["models.policy.dtype"][2].startswith("[local]")
     assert "Speed only" in keys["critique.batch_size"][2] and "Speed only" not in keys["sft.batch_size"][2]
     assert keys["sample.temperatures"][:2] == ("list[float]", "[1.0]") and keys["run_dir"][:2] == ("str", "(required)")
+
+
+# ---------------------------------------------------------------- hostile or broken files (cai.yamlio)
+
+
+def test_alias_bomb_is_rejected_at_its_first_anchor_before_anything_is_expanded(files):
+    from bombs import CONFIG_HEAD, laughs
+
+    # The syntax error after the bomb is never reached: reading stops at the first anchor (line 3).
+    p = files / "run.yaml"
+    p.write_text(CONFIG_HEAD + laughs(4) + "seed: [never read\n")
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert str(e.value) == (
+        f"{p}: line 3: YAML anchor &l0: anchors and aliases are not allowed in cai files "
+        "(nested aliases can expand a small file into gigabytes); write the value out in full"
+    )
+    p.write_text(CONFIG_HEAD + "seed: *undefined\n")
+    with pytest.raises(InputError, match=r"run\.yaml: line 3: YAML alias \*undefined: anchors and aliases are not allowed"):
+        load_config(p)
+
+
+def test_duplicate_keys_name_both_lines(files):
+    p = write(files, GOOD + "    seed: 4\n")
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: seed: duplicate key (lines 2 and 13)"
+    p = write(files, GOOD.replace("      revisions: 2", "      revisions: 2\n      batch_size: 4\n      revisions: 3"))
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: critique.revisions: duplicate key (lines 12 and 14)"
+
+
+def test_non_utf8_config_names_the_line_and_byte_offset(files):
+    p = files / "run.yaml"
+    text = textwrap.dedent(GOOD).encode()
+    at = text.index(b"runs/x") + 4
+    p.write_bytes(text[:at] + b"\xe9" + text[at:])  # "runs\xe9/x": Latin-1, not UTF-8
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: line 1: not UTF-8 text: byte 0xe9 at byte offset {at} (invalid continuation byte); save the file as UTF-8"
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("critique.revisions=[1,", r"^--set 'critique.revisions=\[1,': line 1, column 4: not valid YAML: expected the node content, but found '<stream end>'$"),
+        ("critique.stop={a: 1", r"^--set 'critique.stop=\{a: 1': line 1, column 6: not valid YAML: expected ',' or '}', but got '<stream end>'"),
+        ("=3", r"^--set '=3': the key is empty; expected KEY=VALUE"),
+        ("nokey", r"^--set 'nokey': expected KEY=VALUE, e.g. --set critique.revisions=2$"),
+        ("critique..revisions=3", r"^--set 'critique..revisions=3': the key 'critique..revisions' has an empty part between dots$"),
+        ("critique.stop=&a [*a]", r"^--set 'critique.stop=&a \[\*a\]': line 1: YAML anchor &a: anchors and aliases are not allowed"),
+        ("models.policy={backend: local, backend: openai}", r"^--set 'models.policy=\{backend: local, backend: openai\}': backend: duplicate key \(line 1, columns 2 and 18\)$"),
+    ],
+)
+def test_malformed_set_names_the_override(files, item, message):
+    with pytest.raises(InputError, match=message):
+        load_config(write(files, GOOD), [item])
+
+
+
+def test_sections_of_the_wrong_type_are_reported_with_their_line(files):
+    # _resolve_paths walks these sections before validation; a list there was an AttributeError.
+    for section, line in (("prompts", 4), ("models", 7)):
+        text = textwrap.dedent(GOOD)
+        start = text.index(f"{section}:")
+        end = text.index("\n", text.index("path:", start))  # the section's first path line
+        p = files / "run.yaml"
+        p.write_text(text[:start] + f"{section}: [a, b]" + text[end:])
+        with pytest.raises(InputError, match=rf"  {section} \(line {line}\): Input should be a valid dictionary"):
+            load_config(p)
+
+
+def test_list_items_are_named_with_their_position_and_line(files):
+    p = write(files, GOOD + "      stop: ['###', 3]\n")
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert "  critique.stop[1] (line 13): Input should be a valid string" in str(e.value)
+

@@ -325,7 +325,12 @@ BROKEN = {
         "    instruction: [1, 2]",
         ["rl_principles[0].instruction (line 11)", "expected text; got a list"],
     ),
-    "key given twice": ("name: test", "name: test\nname: again", ["name (line 2)", "key given twice"]),
+    "key given twice": ("name: test", "name: test\nname: again", ["name: duplicate key (lines 1 and 2)"]),
+    "key given twice in an item": (
+        "    critique: Critique it again.",
+        "    critique: Critique it again.\n    revision: Revise it.",
+        ["sl_principles[1].revision: duplicate key (lines 8 and 9)"],
+    ),
 }
 
 
@@ -400,6 +405,40 @@ def test_cai_keys_also_load_from_json(tmp_path):
     path.write_text(json.dumps({"rl_principles": [{"id": "x", "instruction": "Which?"}, {"id": "x", "instruction": "Which?"}]}))
     with pytest.raises(InputError, match=r"c.json: rl_principles\[1\].id: duplicate id 'x'"):
         load_constitution(path)
+
+
+def test_alias_bomb_is_rejected_at_its_first_anchor_before_anything_is_expanded(tmp_path):
+    from bombs import CONSTITUTION_HEAD, laughs
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CONSTITUTION_HEAD + laughs(4) + "name: [never read\n")  # the syntax error is never reached
+    with pytest.raises(InputError) as err:
+        load_constitution(path)
+    assert str(err.value).startswith(f"{path}: line 4: YAML anchor &l0: anchors and aliases are not allowed in cai files")
+
+
+def test_json_duplicate_keys_name_both_lines(tmp_path):
+    path = tmp_path / "c.json"
+    principle = '{"id": "x", "instruction": "Which?"}'
+    path.write_text(f'{{\n  "rl_principles": [{principle}],\n  "name": "n",\n  "rl_principles": []\n}}\n')
+    with pytest.raises(InputError) as err:
+        load_constitution(path)
+    assert str(err.value) == f"{path}: rl_principles: duplicate key (lines 2 and 4)"
+    path.write_text('{"rl_principles": [{"id": "x",\n "id": "y", "instruction": "Which?"}]}')
+    with pytest.raises(InputError, match=r"c\.json: id: duplicate key \(lines 1 and 2\)$"):
+        load_constitution(path)
+
+
+def test_non_utf8_constitution_names_the_line_and_byte_offset(tmp_path):
+    for suffix in (".yaml", ".json"):
+        path = tmp_path / f"c{suffix}"
+        data = (BASE if suffix == ".yaml" else json.dumps({"rl_principles": [{"id": "a", "instruction": "Which?"}]}, indent=1)).encode()
+        at = data.index(b"Which") + 2
+        path.write_bytes(data[:at] + b"\xff" + data[at:])
+        line = data.count(b"\n", 0, at) + 1
+        with pytest.raises(InputError) as err:
+            load_constitution(path)
+        assert str(err.value) == f"{path}: line {line}: not UTF-8 text: byte 0xff at byte offset {at} (invalid start byte); save the file as UTF-8"
 
 
 # ---------------------------------------------------------------- sampling

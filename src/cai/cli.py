@@ -17,11 +17,9 @@ Expected failures print one line; CAI_DEBUG=1 prints the traceback too.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 
-from cai.errors import InputError
+from cai.errors import InputError, handle
 
 SET_HELP = "override a config key, e.g. --set critique.revisions=2 (repeatable)"
 
@@ -125,9 +123,9 @@ def run_command(args: argparse.Namespace) -> None:
         for key, kind, default, help_text in rows:
             print(f"{key:{w0}s}  {kind:{w1}s}  {default or '-':14s}  {help_text}")
     elif args.command == "config" and args.action == "show":
-        import yaml
+        from cai.yamlio import dump_yaml
 
-        print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(mode="json"), sort_keys=False), end="")
+        print(dump_yaml(load_config(args.config, args.overrides).model_dump(mode="json")), end="")
     elif args.command == "toyworld":
         from cai.toyworld import baseline, prompt_files, train
 
@@ -143,20 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     try:
         run_command(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # `cai config keys | head`: the reader has gone; say nothing more (stdout is closed), as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception:
-        traceback.print_exc()
-        print("cai failed (exit 1): the traceback above says where", file=sys.stderr)
-        return 1
+        sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
+    except (Exception, KeyboardInterrupt) as e:
+        return handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
     return 0
 
 

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cai.errors import InputError
+from cai.yamlio import dump_yaml, item_name, load_yaml, parse_yaml
 
 
 class _Strict(BaseModel):
@@ -234,7 +234,7 @@ class Logging(_Strict):
 
 class Config(_Strict):
     run_dir: str = Field(description="Directory that holds every output of the run.")
-    seed: int = Field(0, ge=0, lt=2**63, description="Seed for principle sampling, sampling and training (0 <= seed < 2^63).")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for principle sampling, sampling and training.")
     constitution: str = Field(description="Constitution file: cai YAML, llm-swarm JSON, or the CAI paper's JSON.")
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
@@ -260,28 +260,20 @@ class Config(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """Map dotted keys of a YAML mapping to 1-based line numbers, for error messages."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = f"{prefix}{k.value}"
-            lines[key] = k.start_mark.line + 1
-            lines.update(_key_lines(v, key + "."))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            key = f"{prefix}{i}"
-            lines[key] = v.start_mark.line + 1
-            lines.update(_key_lines(v, key + "."))
-    return lines
-
-
 def _parse_override(item: str) -> tuple[list[str], Any]:
+    """`critique.stop=['###']` -> (["critique", "stop"], ["###"]). The value is YAML, read by the same
+    rules as a config file (no aliases, no duplicate keys); an empty value is the empty string."""
+    source = f"--set {item!r}"
     if "=" not in item:
-        raise InputError(f"--set {item!r}: expected KEY=VALUE, e.g. --set critique.revisions=2")
+        raise InputError(f"{source}: expected KEY=VALUE, e.g. --set critique.revisions=2")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.strip().split("."), value
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not key.strip():
+        raise InputError(f"{source}: the key is empty; expected KEY=VALUE, e.g. --set critique.revisions=2")
+    if not all(parts):  # ".x=1", "a..b=1", "a.=1"
+        raise InputError(f"{source}: the key {key.strip()!r} has an empty part between dots")
+    value = parse_yaml(raw, source)[0] if raw != "" else ""
+    return parts, value
 
 
 def _apply_override(data: dict, parts: list[str], value: Any) -> None:
@@ -302,15 +294,20 @@ def _resolve_paths(data: dict, base: Path) -> None:
             return str(p)
         return str((base / p).resolve()) if (base / p).exists() else value
 
+    def section(name: str) -> dict:
+        # A section of the wrong type is left for validation to report, with its line.
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
     if isinstance(data.get("constitution"), str):
         data["constitution"] = fix(data["constitution"])
-    for src in [*(data.get("prompts") or {}).values(), *((data.get("evaluate") or {}).get(k) for k in ("red_team", "helpful"))]:
+    for src in [*section("prompts").values(), *(section("evaluate").get(k) for k in ("red_team", "helpful"))]:
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             src["path"] = fix(src["path"])
-    sft = data.get("sft")
-    if isinstance(sft, dict) and isinstance(sft.get("helpful_dataset"), str):
+    sft = section("sft")
+    if isinstance(sft.get("helpful_dataset"), str):
         sft["helpful_dataset"] = fix(sft["helpful_dataset"])
-    for spec in (data.get("models") or {}).values():
+    for spec in section("models").values():
         if isinstance(spec, dict) and spec.get("backend") == "local" and isinstance(spec.get("path"), str):
             spec["path"] = fix(spec["path"])
 
@@ -323,22 +320,16 @@ def load_config(path: str | Path, overrides: list[str] = (), check_files_exist: 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML: {e}") from None
+    data, lines = load_yaml(path)  # bad bytes, aliases, duplicate keys: InputErrors with the line
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    lines = _key_lines(node) if node is not None else {}
     overridden: set[str] = set()
     for item in overrides:
         parts, value = _parse_override(item)
         _apply_override(data, parts, value)
-        overridden.add(".".join(parts))
+        overridden.add(item_name(parts))
     _resolve_paths(data, path.parent)
     try:
         config = Config.model_validate(data)
@@ -353,11 +344,11 @@ def _format_errors(path: Path, err: ValidationError, lines: dict[str, int], over
     out = [f"{path}: invalid config"]
     for e in err.errors():
         # pydantic puts the discriminator tag ("local"/"openai") in the location; drop it.
-        loc = [str(p) for p in e["loc"] if p not in ("local", "openai")]
-        key = ".".join(loc)
+        loc = [p for p in e["loc"] if p not in ("local", "openai")]
+        key = item_name(loc)
         where = ""
         for n in range(len(loc), 0, -1):
-            k = ".".join(loc[:n])
+            k = item_name(loc[:n])
             if k in overridden:
                 where = " (from --set)"
                 break
@@ -388,7 +379,7 @@ def save_config(config: Config, path: Path) -> None:
     """Write the resolved config (the API key is never in it: only the name of its variable)."""
     from cai.store import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, dump_yaml(config.model_dump(mode="json")))
 
 
 def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
@@ -446,7 +437,18 @@ def _default_text(f) -> str:
     value = f.default_factory() if f.default_factory is not None else f.default
     if isinstance(value, BaseModel):
         return ""
-    return "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return _yaml_value(value)
+
+
+def _yaml_value(value) -> str:
+    """A default as it would be written in a config file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _help_text(f) -> str:
@@ -456,7 +458,8 @@ def _help_text(f) -> str:
         for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
             v = getattr(m, attr, None)
             if v is not None:
-                bounds.append(f"{sym} {v:g}" if isinstance(v, float) else f"{sym} {v}")
+                big = isinstance(v, int) and v >= 2**32 and v & (v - 1) == 0  # 2**63, not 9223372036854775808
+                bounds.append(f"{sym} {v:g}" if isinstance(v, float) else f"{sym} 2^{v.bit_length() - 1}" if big else f"{sym} {v}")
         if getattr(m, "min_length", None):
             bounds.append(f"at least {m.min_length} item(s)")
     text = f.description or ""

@@ -29,7 +29,8 @@
    Every key is optional except that at least one principle must be given. Unknown keys, missing
    fields, empty text, duplicate ids, roles other than user/assistant and conversations that do not
    alternate user, assistant, ..., assistant are InputErrors naming the file, the item
-   (`sl_principles[3].revision`) and its line.
+   (`sl_principles[3].revision`) and its line. The file is read by `cai.yamlio`'s rules: UTF-8,
+   no anchors or aliases, no duplicate keys (in the JSON formats too).
 
 2. llm-swarm JSON (`{"constitutions": [{"critic", "revision"}, ...], "system_chat": [[messages], ...]}`,
    huggingface/llm-swarm examples/constitutional-ai): each pair becomes SL principle `llm-swarm-<i>`,
@@ -60,11 +61,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from cai.errors import InputError
 from cai.records import Constitution, Message, RLPrinciple, SLPrinciple, assistant, user
 from cai.templates import choice_answer, choice_text
+from cai.yamlio import load_json, load_yaml
 
 # A critique example holds at least request, response, critique request, critique, revision
 # request and revision; a choice example at least the question and its answer.
@@ -170,53 +170,17 @@ class _Source:
         return self.lines.get(item)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-
-
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    return load_json(path)  # bad bytes, bad syntax and duplicate keys are InputErrors with lines
 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
-    """Parse YAML into plain data plus {item path: 1-based line}, from the composed node tree."""
-    try:
-        root = yaml.compose(_read_text(path), Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML: {e}") from None
-    if root is None:
+    """Plain data plus {item: 1-based line} ("sl_principles[3].id"); the rules are cai.yamlio's:
+    no anchors or aliases, no duplicate keys, UTF-8 only."""
+    data, lines = load_yaml(path)
+    if data is None:
         raise InputError(f"{path}: the file is empty")
-    lines: dict[str, int] = {}
-    constructor = yaml.constructor.SafeConstructor()
-
-    def walk(node: yaml.Node, item: str) -> Any:
-        lines.setdefault(item, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out = {}
-            for key_node, value_node in node.value:
-                line = key_node.start_mark.line + 1
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise InputError(f"{path}: {item or 'top level'} (line {line}): keys must be plain text")
-                key = str(constructor.construct_object(key_node))
-                child = f"{item}.{key}" if item else key
-                if key in out:
-                    raise InputError(f"{path}: {child} (line {line}): key given twice")
-                lines[child] = line
-                out[key] = walk(value_node, child)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [walk(v, f"{item}[{i}]") for i, v in enumerate(node.value)]
-        return constructor.construct_object(node)
-
-    return walk(root, ""), lines
+    return data, lines
 
 
 def _load_directory(path: Path) -> Constitution:

@@ -38,7 +38,7 @@ from typing import Any, Callable, TypeVar
 
 import httpx
 
-from cai.errors import InputError
+from cai.errors import BackendError, InputError
 from cai.records import Conversation, Generation, GenerationParams, OptionScores
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class OpenAIBackend:
                 wait = self._wait_s(attempt, retry_after)
                 log.warning("%s: %s; retry %d/%d in %.2f s", self.url, self._redact(last), attempt + 1, self.max_retries, wait)
                 time.sleep(wait)
-        raise RuntimeError(
+        raise BackendError(
             self._redact(f"{self.url} (model {self.model!r}) failed after {attempts} attempts; last error: {last}")
         )
 
