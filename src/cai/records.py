@@ -312,7 +312,7 @@ def read_records(path: str | Path, cls: type[R]) -> list[R]:
                 out.append(cls.model_validate_json(line))
             except ValidationError as e:
                 err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"])
+                where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".")  # questions[0].p_a
                 if err["type"] == "json_invalid":
                     cut = "" if line.endswith("\n") else " (the file ends mid-line: was it cut short?)"
                     raise InputError(f"{path}: line {number}: invalid JSON{cut}") from None
