@@ -3,6 +3,7 @@
     cai run CONFIG [--from STAGE] [--until STAGE] [--force]   every stage, resumable
     cai STAGE CONFIG [--set KEY=VALUE ...] [--force]          one stage: critique, sft, sample,
                                                               label, pm, ppo, dpo, evaluate
+    cai seeds CONFIG --seeds 0 1 2        the pipeline per seed; mean and worst seed per form
     cai report RUN_DIR                    <run_dir>/report.html
     cai evaluate-labeller CONFIG --data FILE | --toyworld N
     cai constitution validate FILE
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
         p.set_defaults(stage=s)
 
+    p = sub.add_parser("seeds", help="the whole pipeline for several seeds: mean and worst seed per model and prompt form")
+    _config_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", required=True, metavar="S", help="seeds to run, each in <run_dir>/seed-S")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="start each seed's run at this stage")
+    p.add_argument("--until", metavar="STAGE", help="stop each seed's run after this stage")
+
     p = sub.add_parser("report", help="write <run_dir>/report.html: metrics, plots and examples in one offline page")
     p.add_argument("run_dir")
 
@@ -79,6 +86,10 @@ def run_command(args: argparse.Namespace) -> None:
         from cai import pipeline
 
         pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until, force=args.force)
+    elif args.command == "seeds":
+        from cai import seeds
+
+        seeds.run(load_config(args.config, args.overrides), args.seeds, start=args.start, until=args.until)
     elif getattr(args, "stage", None) is not None:
         config = load_config(args.config, args.overrides)
         args.stage.run(config, force=args.force)
