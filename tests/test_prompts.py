@@ -102,7 +102,7 @@ def test_jsonl_custom_field_and_line_numbers(tmp_path):
     assert (prompt_set.dropped_blank, prompt_set.dropped_duplicate) == (0, 0)
 
 
-def test_jsonl_messages_field_takes_first_user_turn(tmp_path):
+def test_jsonl_messages_field_with_turns_first_takes_first_user_turn(tmp_path):
     conversation = [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "How do I bake bread?"},
@@ -110,7 +110,9 @@ def test_jsonl_messages_field_takes_first_user_turn(tmp_path):
         {"role": "user", "content": "And then?"},
     ]
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": conversation}])
-    assert texts(load(path, field="messages")) == ["How do I bake bread?"]
+    prompt = load(path, field="messages", turns="first").prompts[0]
+    assert (prompt.text, prompt.context) == ("How do I bake bread?", ())
+    assert prompt.id == text_id("How do I bake bread?")
 
 
 def test_json_array_file(tmp_path):
@@ -327,7 +329,7 @@ def test_csv_without_the_column_lists_columns(tmp_path):
     path.write_text("text,label\nhello,1\n")
     with pytest.raises(InputError) as err:
         load(path)
-    assert str(err.value) == f"{path}: no column 'prompt' (columns: text, label)"
+    assert str(err.value) == f"{path}: no column 'prompt' or 'messages' (columns: text, label)"
 
 
 def test_parquet_without_the_column_lists_columns(tmp_path):
@@ -335,4 +337,4 @@ def test_parquet_without_the_column_lists_columns(tmp_path):
     pd.DataFrame({"text": ["hello"]}).to_parquet(path)
     with pytest.raises(InputError) as err:
         load(path)
-    assert str(err.value) == f"{path}: no column 'prompt' (columns: text)"
+    assert str(err.value) == f"{path}: no column 'prompt' or 'messages' (columns: text)"
