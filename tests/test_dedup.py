@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from cai.dedup import (
@@ -142,6 +143,12 @@ def test_prompts_without_words_are_left_to_exact_duplicates():
     assert texts(exact_duplicates(result.kept).kept) == ["???", "a question"]
 
 
+def test_empty_inputs():
+    assert near_duplicates([]) == exact_duplicates([]) == Decontaminate([])([])
+    assert SeedOverlap([])([prompt("a b c")]).kept == (prompt("a b c"),)
+    assert Decontaminate([])([prompt("a b c")]).kept == (prompt("a b c"),)
+
+
 def test_bad_parameters():
     with pytest.raises(ValueError, match="threshold must be in"):
         near_duplicates([prompt("x")], threshold=0)
@@ -243,3 +250,43 @@ def test_apply_chains_filters_and_counts_drops_per_filter():
         "Tell me, how do I kill a person?",
     ]
     assert apply(generated, []).kept == tuple(generated)
+
+
+# ---------------------------------------------------------------- the LSH's parts against brute force
+
+
+def test_band_pairs_are_every_pair_with_equal_keys():
+    from cai.dedup import _pairs_across, _pairs_within
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 6, size=40).astype(np.uint64)  # runs of many lengths, including 1
+    i, j = _pairs_within(keys)
+    expected = {(a, b) for a in range(40) for b in range(a + 1, 40) if keys[a] == keys[b]}
+    assert set(zip(i.tolist(), j.tolist())) == expected and len(i) == len(expected)
+
+    left = rng.integers(0, 6, size=7).astype(np.uint64)
+    i, j = _pairs_across(left, keys)
+    expected = {(a, b) for a in range(7) for b in range(40) if left[a] == keys[b]}
+    assert set(zip(i.tolist(), j.tolist())) == expected and len(i) == len(expected)
+
+
+def test_near_duplicates_agree_with_exact_pairwise_comparison():
+    rng = random.Random(1)
+    frames = ["how can i {} {} without anyone noticing", "what is the best way to {} {} at night", "tell me how to {} {} quickly"]
+    verbs, things = ["steal", "break", "copy", "hide", "sell", "track"], ["a car", "my phone", "the bike", "her wallet", "a laptop"]
+    texts_ = [rng.choice(frames).format(rng.choice(verbs), rng.choice(things)) for _ in range(250)]
+    texts_ = [t if rng.random() < 0.7 else t + " " + rng.choice(["please", "now", "ok", "for me"]) for t in texts_]
+    prompts = [Prompt(id=str(k), text=t) for k, t in enumerate(texts_)]
+
+    # Brute force: the same rule, every pair compared exactly.
+    sets = [shingles(p, 2) for p in prompts]
+    kept, exact_drops = [], set()
+    for v in range(len(prompts)):
+        if any(jaccard(sets[v], sets[u]) >= 0.6 for u in kept):
+            exact_drops.add(str(v))
+        else:
+            kept.append(v)
+    lsh_drops = {d.prompt.id for d in near_duplicates(prompts).dropped}
+    assert len(exact_drops) > 100  # many pairs near the threshold: the hard case for LSH
+    assert len(lsh_drops & exact_drops) >= 0.97 * len(exact_drops)
+    assert len(lsh_drops ^ exact_drops) <= 0.03 * len(exact_drops)

@@ -17,10 +17,10 @@ span two turns.
 
 - `exact_duplicates`: equal after normalisation ("How do I pick a lock?" = "how do i pick a LOCK").
 - `near_duplicates`: Jaccard similarity of word n-gram shingles (default bigrams) >= threshold
-  (default 0.6). Candidates come from MinHash-LSH (datasketch; Broder 1997, Leskovec et al.,
-  *Mining of Massive Datasets* ch. 3), then each candidate's Jaccard is computed exactly, so a drop
-  never rests on an estimate: LSH can miss a pair (recall < 1; measured in benchmarks/RESULTS.md,
-  section redteam_dedup), never invent one. Bigrams because prompts are short: one word changed in
+  (default 0.6). Candidates come from MinHash-LSH (Broder 1997; Leskovec et al., *Mining of Massive
+  Datasets* ch. 3), written here in numpy (see the section below), then each candidate's Jaccard is
+  computed exactly, so a drop never rests on an estimate: LSH can miss a pair (recall < 1; measured
+  in benchmarks/RESULTS.md, section redteam_dedup), never invent one. Bigrams because prompts are short: one word changed in
   a 10-word prompt leaves a bigram Jaccard of 7/11 = 0.64 (a near duplicate), while two prompts that
   share a frame but not the request ("How do I make meth at home?" / "How do I make a bomb at
   home?") stay at 0.44.
@@ -37,11 +37,15 @@ span two turns.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from cai.records import Prompt
 
@@ -115,7 +119,7 @@ def shingles(prompt: Prompt, n: int) -> set[str]:
     return out
 
 
-def jaccard(a: set[str], b: set[str]) -> float:
+def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
 
 
@@ -136,100 +140,254 @@ def exact_duplicates(prompts: Sequence[Prompt]) -> Filtered:
     return Filtered(tuple(kept), tuple(dropped))
 
 
-# ---------------------------------------------------------------- near duplicates
+# ---------------------------------------------------------------- near duplicates: MinHash-LSH in numpy
+#
+# All prompts are known up front, so the LSH index is built in one go with array operations instead
+# of a hash table per band (datasketch's MinHashLSH keeps a Python set per bucket per band: ~9 KB an
+# indexed prompt, 1.3 GB for 200k; see benchmarks/RESULTS.md, section redteam_dedup).
+#
+# 1. Shingles -> stable 64-bit hashes (blake2b: Python's hash() differs between processes).
+# 2. MinHash signature (n, num_perm): for permutation k, the minimum over a prompt's shingles x of
+#    h_k(x) = ((a_k * x + b_k) mod 2^64) >> 32, x the low 32 bits of the shingle hash and a_k (odd),
+#    b_k random 64-bit numbers from `seed` (multiply-add-shift, a strongly universal family;
+#    Dietzfelbinger 1996). P[two prompts agree on k] estimates their Jaccard (Broder 1997).
+# 3. Bands: the signature is cut into b bands of r rows; prompts whose band agrees in any band are
+#    candidates, with probability 1 - (1 - s^r)^b at Jaccard s (Leskovec et al., Mining of Massive
+#    Datasets, ch. 3). (b, r) minimise 0.05 * false-positive area + 0.95 * false-negative area around
+#    the threshold, the optimisation datasketch does, weighted for recall here: a false candidate
+#    costs a comparison, a missed one keeps a near duplicate. At 0.6 and 128 permutations: b = 24,
+#    r = 4; a pair is a candidate with probability 0.96 at s = 0.6, 0.999 at 0.7, 0.18 at 0.3
+#    (datasketch's default weights give 0.40 at 0.6).
+# 4. Candidates are screened by their MinHash estimate of the Jaccard (fraction of agreeing
+#    permutations, vectorised): kept if within _MARGIN of the threshold. Its standard deviation at
+#    s = 0.6 with 128 permutations is sqrt(0.6 * 0.4 / 128) = 0.043, so a margin of 0.15 (3.5 of
+#    them) screens out a pair at the threshold with probability ~2e-4.
+# 5. The survivors get their exact Jaccard: a drop never rests on an estimate.
+
+_MARGIN = 0.15
 
 
-class _NearIndex:
-    """Prompts indexed by MinHash-LSH; `match` confirms candidates with their exact Jaccard.
+@dataclass(frozen=True)
+class _Sketches:
+    """Shingle hashes and MinHash signatures of a list of prompts."""
 
-    datasketch chooses the number of bands b and rows per band r (b * r <= num_perm) that minimise
-    a weighted sum of the false positive and false negative mass around `threshold`. Its default
-    weights (0.5, 0.5) make a pair exactly at the threshold a candidate only 40% of the time (b=18,
-    r=7 at 0.6); here a false candidate costs one exact Jaccard while a missed one keeps a near
-    duplicate, so the weights favour recall: (0.05, 0.95) gives b=24, r=4 at 0.6, a candidate with
-    probability 1 - (1 - s^4)^24 = 0.96 at s = 0.6, 0.999 at 0.7, 0.18 at 0.3. Shingle sets are not
-    stored (they would cost ~1 KB per prompt): a candidate's set is rebuilt from its prompt.
-    """
+    flat: np.ndarray  # (total shingles,) uint64: prompt i's shingle hashes are flat[offsets[i]:offsets[i + 1]]
+    offsets: np.ndarray  # (n + 1,) int64
+    signatures: np.ndarray  # (n, num_perm) uint32; meaningless for a prompt with no shingles
+    band_keys: np.ndarray  # (n, bands) uint64: one hash of each band's r signature values
 
-    def __init__(self, threshold: float, ngram: int, num_perm: int, seed: int):
-        from datasketch import MinHashLSH
+    def shingle_set(self, i: int) -> set[int]:
+        return set(self.flat[self.offsets[i] : self.offsets[i + 1]].tolist())
 
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if ngram < 1:
-            raise ValueError(f"ngram must be at least 1, got {ngram}")
-        self.threshold, self.ngram, self.num_perm, self.seed = threshold, ngram, num_perm, seed
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
-        self.prompts: list[Prompt] = []
+    def has_shingles(self) -> np.ndarray:
+        return np.diff(self.offsets) > 0  # (n,) bool
 
-    def sketches(self, prompts: Sequence[Prompt], batch: int = 4096) -> Iterator[tuple[Prompt, set[str], object]]:
-        """(prompt, shingles, MinHash) in order; MinHashes are computed a batch at a time (vectorised)."""
-        from datasketch import MinHash
 
-        for start in range(0, len(prompts), batch):
-            chunk = prompts[start : start + batch]
-            sets = [shingles(p, self.ngram) for p in chunk]
-            hashes = MinHash.bulk([[s.encode("utf-8") for s in shingle_set] for shingle_set in sets], num_perm=self.num_perm, seed=self.seed)
-            for prompt, shingle_set, minhash in zip(chunk, sets, hashes):
-                yield prompt, shingle_set, minhash
+@dataclass(frozen=True)
+class _LSH:
+    threshold: float
+    ngram: int
+    num_perm: int
+    seed: int
 
-    def match(self, shingle_set: set[str], minhash) -> tuple[Prompt, float] | None:
-        """The indexed prompt most similar to this one, if its Jaccard reaches the threshold (ties: the first)."""
-        best: tuple[Prompt, float] | None = None
-        for key in sorted(self.lsh.query(minhash)):
-            candidate = self.prompts[key]
-            similarity = jaccard(shingle_set, shingles(candidate, self.ngram))
-            if similarity >= self.threshold and (best is None or similarity > best[1]):
-                best = (candidate, similarity)
-        return best
+    def __post_init__(self):
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.ngram < 1:
+            raise ValueError(f"ngram must be at least 1, got {self.ngram}")
+        if self.num_perm < 1:
+            raise ValueError(f"num_perm must be at least 1, got {self.num_perm}")
 
-    def add(self, prompt: Prompt, minhash) -> None:
-        self.lsh.insert(len(self.prompts), minhash, check_duplication=False)
-        self.prompts.append(prompt)
+    def sketch(self, prompts: Sequence[Prompt], batch: int = 1024) -> _Sketches:
+        rng = np.random.default_rng(self.seed)
+        a = rng.integers(0, 2**64, size=self.num_perm, dtype=np.uint64) | np.uint64(1)  # (P,) odd multipliers
+        b = rng.integers(0, 2**64, size=self.num_perm, dtype=np.uint64)  # (P,)
+        signatures = np.full((len(prompts), self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+        flats, sizes = [], []
+        for start in range(0, len(prompts), batch):  # a batch at a time: (shingles, P) values stay small
+            hashes = [sorted({_stable_hash(s) for s in shingles(p, self.ngram)}) for p in prompts[start : start + batch]]
+            flat = np.fromiter((x for h in hashes for x in h), dtype=np.uint64)  # (m,) this batch's shingles
+            size = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
+            flats.append(flat)
+            sizes.append(size)
+            if flat.size == 0:
+                continue
+            x = flat & np.uint64(0xFFFFFFFF)
+            values = ((x[:, None] * a + b) >> np.uint64(32)).astype(np.uint32)  # (m, P); uint64 arithmetic wraps: mod 2^64
+            rows = np.flatnonzero(size)  # reduceat needs non-empty groups
+            starts = (np.cumsum(size) - size)[rows]
+            signatures[start + rows] = np.minimum.reduceat(values, starts, axis=0)
+        offsets = np.zeros(len(prompts) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(sizes) if sizes else [], out=offsets[1:])
+
+        bands, rows_per_band = _bands_rows(self.threshold, self.num_perm)
+        weights = rng.integers(0, 2**64, size=rows_per_band, dtype=np.uint64) | np.uint64(1)  # (r,)
+        band_keys = np.empty((len(prompts), bands), dtype=np.uint64)  # (n, bands): a linear hash of each band, mod 2^64
+        for k in range(bands):
+            band = signatures[:, k * rows_per_band : (k + 1) * rows_per_band].astype(np.uint64)  # (n, r)
+            band_keys[:, k] = (band * weights).sum(axis=1, dtype=np.uint64)
+        flat = np.concatenate(flats) if flats else np.empty(0, np.uint64)
+        return _Sketches(flat, offsets, signatures, band_keys)
+
+    def screen(self, left: _Sketches, right: _Sketches, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 15) -> np.ndarray:
+        """(pairs,) bool: MinHash estimate of Jaccard(left[i], right[j]) within _MARGIN of the threshold."""
+        need = int(np.ceil((self.threshold - _MARGIN) * self.num_perm))
+        keep = np.empty(i.size, dtype=bool)
+        for s in range(0, i.size, chunk):
+            agree = np.count_nonzero(left.signatures[i[s : s + chunk]] == right.signatures[j[s : s + chunk]], axis=1)
+            keep[s : s + chunk] = agree >= need
+        return keep
+
+
+@functools.lru_cache
+def _bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.05, fn_weight: float = 0.95) -> tuple[int, int]:
+    """(b, r) with b * r <= num_perm minimising fp_weight * FP area + fn_weight * FN area of the S-curve."""
+    s = np.linspace(0, 1, 2001)
+    below = s < threshold
+    best = (np.inf, 1, num_perm)
+    for r in range(1, num_perm + 1):
+        for b in range(1, num_perm // r + 1):
+            p = 1 - (1 - s**r) ** b  # P[candidate] at Jaccard s
+            error = fp_weight * np.trapezoid(p[below], s[below]) + fn_weight * np.trapezoid(1 - p[~below], s[~below])
+            best = min(best, (error, b, r))
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=1 << 17)  # frequent shingles ("how do", "can you") are hashed once
+def _stable_hash(shingle: str) -> int:
+    return int.from_bytes(hashlib.blake2b(shingle.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _pairs_within(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i, j), i < j, of rows with equal keys, as two index arrays."""
+    # int32 indices: a band of 200k prompts can hold millions of pairs.
+    order = np.argsort(keys, kind="stable").astype(np.int32)
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]).astype(np.int32)  # first row of each run of equal keys
+    lengths = np.diff(np.r_[starts, keys.size]).astype(np.int32)
+    rank = np.arange(keys.size, dtype=np.int32) - np.repeat(starts, lengths)  # position within its run
+    partners = np.repeat(lengths, lengths) - rank - 1  # rows after it in its run
+    left = np.repeat(np.arange(keys.size, dtype=np.int32), partners)  # (pairs,) sorted position of each pair's first row
+    offset = np.arange(left.size, dtype=np.int32) - np.repeat((np.cumsum(partners) - partners).astype(np.int32), partners)
+    a, b = order[left], order[left + 1 + offset]  # the second row is 1 + offset places after the first
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _pairs_across(left_keys: np.ndarray, right_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i, j) with left_keys[i] == right_keys[j]."""
+    order = np.argsort(left_keys, kind="stable")
+    sorted_keys = left_keys[order]
+    lo = np.searchsorted(sorted_keys, right_keys, side="left")
+    counts = np.searchsorted(sorted_keys, right_keys, side="right") - lo  # (len(right),) matches of each right row
+    j = np.repeat(np.arange(right_keys.size), counts)
+    step = np.arange(j.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return order[np.repeat(lo, counts) + step], j
+
+
+def _unique_pairs(i: list[np.ndarray], j: list[np.ndarray], n_left: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-band pairs, drop repeats (a close pair collides in many bands), sort by (j, i)."""
+    if not i:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    key = np.unique(np.concatenate(j).astype(np.int64) * max(n_left, 1) + np.concatenate(i))
+    return key % max(n_left, 1), key // max(n_left, 1)
 
 
 def near_duplicates(prompts: Sequence[Prompt], threshold: float = 0.6, ngram: int = 2, num_perm: int = 128, seed: int = 0) -> Filtered:
-    """Drop prompts whose word n-gram Jaccard with an earlier kept prompt is >= threshold."""
-    index = _NearIndex(threshold, ngram, num_perm, seed)
-    kept, dropped = [], []
-    for prompt, shingle_set, minhash in index.sketches(prompts):
-        found = index.match(shingle_set, minhash) if shingle_set else None
-        if found is None:
-            if shingle_set:  # a prompt with no words cannot be near anything; exact_duplicates handles it
-                index.add(prompt, minhash)
-            kept.append(prompt)
+    """Drop prompts whose word n-gram Jaccard with an earlier kept prompt is >= threshold.
+
+    The reason names the most similar kept prompt (ties: the first). A prompt whose shingles equal an
+    earlier prompt's is decided with it: dropped with the same match, or dropped as a copy (Jaccard 1)
+    of the earlier one if that was kept. Prompts with no words are kept (exact_duplicates sees them).
+    """
+    lsh = _LSH(threshold, ngram, num_perm, seed)
+    sk = lsh.sketch(prompts)
+    n = len(prompts)
+    # Prompts with identical shingle sets would form one big run in every band: keep one representative.
+    first_of: dict[bytes, int] = {}
+    representative = np.arange(n)
+    for i in np.flatnonzero(sk.has_shingles()).tolist():
+        representative[i] = first_of.setdefault(sk.flat[sk.offsets[i] : sk.offsets[i + 1]].tobytes(), i)
+    rows = np.flatnonzero(sk.has_shingles() & (representative == np.arange(n)))  # (m,) representatives
+
+    lefts, rights = [], []
+    for band in range(sk.band_keys.shape[1]):
+        i, j = _pairs_within(sk.band_keys[rows, band])
+        i, j = rows[i], rows[j]  # i < j: rows is sorted
+        keep = lsh.screen(sk, sk, i, j)
+        lefts.append(i[keep])
+        rights.append(j[keep])
+    earlier, later = _unique_pairs(lefts, rights, n)  # sorted by later, then earlier
+    bounds = np.searchsorted(later, np.arange(n + 1))  # candidates of prompt v: earlier[bounds[v]:bounds[v + 1]]
+
+    kept_mask = np.zeros(n, dtype=bool)
+    match: dict[int, tuple[int, float]] = {}
+    for v in range(n):
+        rep = int(representative[v])
+        if rep != v:  # same shingles as an earlier prompt
+            match[v] = match[rep] if rep in match else (rep, 1.0)
+            continue
+        best = None
+        shingle_set = sk.shingle_set(v)
+        for u in earlier[bounds[v] : bounds[v + 1]].tolist():
+            if kept_mask[u]:
+                similarity = jaccard(shingle_set, sk.shingle_set(u))
+                if similarity >= threshold and (best is None or similarity > best[1]):
+                    best = (u, similarity)
+        if best is None:
+            kept_mask[v] = True
         else:
-            other, similarity = found
-            reason = f"near duplicate of {other.id} (Jaccard {similarity:.2f} on word {ngram}-grams)"
-            dropped.append(Drop(prompt, NEAR, reason, other.id))
-    return Filtered(tuple(kept), tuple(dropped))
+            match[v] = best
+
+    kept = tuple(p for v, p in enumerate(prompts) if v not in match)
+    dropped = tuple(
+        Drop(prompts[v], NEAR, f"near duplicate of {prompts[u].id} (Jaccard {s:.2f} on word {ngram}-grams)", prompts[u].id)
+        for v, (u, s) in sorted(match.items())
+    )
+    return Filtered(kept, dropped)
 
 
 class SeedOverlap:
     """Drop generated prompts that copy a seed prompt, exactly or nearly (same rule as near_duplicates)."""
 
     def __init__(self, seeds: Sequence[Prompt], threshold: float = 0.6, ngram: int = 2, num_perm: int = 128, seed: int = 0):
-        self.exact = {}
-        for prompt in seeds:
+        self.seeds = tuple(seeds)
+        self.exact: dict[str, Prompt] = {}
+        for prompt in self.seeds:
             self.exact.setdefault(_key(prompt), prompt)
-        self.index = _NearIndex(threshold, ngram, num_perm, seed)
-        for prompt, shingle_set, minhash in self.index.sketches(seeds):
-            if shingle_set:
-                self.index.add(prompt, minhash)
+        self.lsh = _LSH(threshold, ngram, num_perm, seed)
+        self.sketches = self.lsh.sketch(self.seeds)
 
     def __call__(self, prompts: Sequence[Prompt]) -> Filtered:
+        sk = self.lsh.sketch(prompts)
+        seed_rows = np.flatnonzero(self.sketches.has_shingles())
+        rows = np.flatnonzero(sk.has_shingles())
+        lefts, rights = [], []
+        for band in range(sk.band_keys.shape[1]):
+            i, j = _pairs_across(self.sketches.band_keys[seed_rows, band], sk.band_keys[rows, band])
+            i, j = seed_rows[i], rows[j]
+            keep = self.lsh.screen(self.sketches, sk, i, j)
+            lefts.append(i[keep])
+            rights.append(j[keep])
+        seed_of, prompt_of = _unique_pairs(lefts, rights, len(self.seeds))  # sorted by prompt, then seed
+        bounds = np.searchsorted(prompt_of, np.arange(len(prompts) + 1))
+
         kept, dropped = [], []
-        for prompt, shingle_set, minhash in self.index.sketches(prompts):
-            seed_prompt = self.exact.get(_key(prompt))
-            if seed_prompt is not None:
-                dropped.append(Drop(prompt, SEED, f"same as seed prompt {seed_prompt.id} after normalisation", seed_prompt.id))
+        for v, prompt in enumerate(prompts):
+            copied = self.exact.get(_key(prompt))
+            if copied is not None:
+                dropped.append(Drop(prompt, SEED, f"same as seed prompt {copied.id} after normalisation", copied.id))
                 continue
-            found = self.index.match(shingle_set, minhash) if shingle_set else None
-            if found is None:
+            best = None
+            shingle_set = sk.shingle_set(v)
+            for u in seed_of[bounds[v] : bounds[v + 1]].tolist():
+                similarity = jaccard(shingle_set, self.sketches.shingle_set(u))
+                if similarity >= self.lsh.threshold and (best is None or similarity > best[1]):
+                    best = (u, similarity)
+            if best is None:
                 kept.append(prompt)
             else:
-                other, similarity = found
-                reason = f"near duplicate of seed prompt {other.id} (Jaccard {similarity:.2f} on word {self.index.ngram}-grams)"
+                other = self.seeds[best[0]]
+                reason = f"near duplicate of seed prompt {other.id} (Jaccard {best[1]:.2f} on word {self.lsh.ngram}-grams)"
                 dropped.append(Drop(prompt, SEED, reason, other.id))
         return Filtered(tuple(kept), tuple(dropped))
 
