@@ -3,7 +3,7 @@ numpy, exact Jaccard on its candidates) against datasketch's MinHashLSH used the
 against exact pairwise comparison (the Jaccard of every pair).
 
     .venv/bin/pip install datasketch==2.0.0     # the two baselines only (it pulls scipy); cai does not use it
-    .venv/bin/python benchmarks/redteam_dedup.py                     # 200k and 10k prompts, 2 repeats; writes RESULTS.md
+    .venv/bin/python benchmarks/redteam_dedup.py                     # 200k and 10k prompts, 3 repeats; writes RESULTS.md
     .venv/bin/python benchmarks/redteam_dedup.py --sizes 20000 --pairwise-sizes 5000 --repeats 1 --no-write
 
 The prompts are synthetic, made with a seed: red-team requests from templates and word lists, with
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000], help="prompt counts for both LSHs")
     ap.add_argument("--pairwise-sizes", type=int, nargs="+", default=[10_000], help="prompt counts for exact pairwise (quadratic)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     ap.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
