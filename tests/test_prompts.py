@@ -594,6 +594,14 @@ def test_dataset_formats_read_other_containers(tmp_path):
         ]
 
 
+def test_hh_rlhf_from_csv_and_parquet(tmp_path):
+    chosen = [transcript("Hi", "Hello", "How do I hotwire a car?", "No.")]
+    pd.DataFrame({"chosen": chosen}).to_csv(tmp_path / "hh.csv", index=False)
+    pd.DataFrame({"chosen": chosen}).to_parquet(tmp_path / "hh.parquet")
+    for path in (tmp_path / "hh.csv", tmp_path / "hh.parquet"):
+        assert load(path, format="hh-rlhf", turns="all").prompts[0].messages == chat("Hi", "Hello", "How do I hotwire a car?")
+
+
 def test_keep_copies_columns_into_metadata(tmp_path):
     path = write_jsonl(tmp_path / "toy.jsonl", [{"prompt": "How do I steal a wallet?", "form": "how", "task": 3}])
     assert load(path, keep=["form", "task"]).prompts[0].metadata == {"line": 1, "form": "how", "task": 3}

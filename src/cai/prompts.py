@@ -222,7 +222,7 @@ def _check_options(path: Path, source: PromptSource, fmt: str, container: str) -
         raise InputError(f"{path}: a text file has no fields, so {option} cannot be read")
     if source.field is not None and fmt in _COLUMNS:
         raise InputError(f"{path}: field does not apply to format {fmt} (it reads {', '.join(_COLUMNS[fmt][0])})")
-    if source.turns is not None and (fmt in _COLUMNS or fmt == "text" or container == "csv"):
+    if source.turns is not None and (fmt in _COLUMNS or fmt in ("text", "csv")):
         raise InputError(
             f"{path}: turns applies to conversations (hh-rlhf, hh-red-team, chat messages in jsonl/parquet/hf), not to {fmt}"
         )
