@@ -39,8 +39,8 @@ Formats (`PromptSource.format`):
 - harmbench: HarmBench behaviours (github.com/centerforaisafety/HarmBench,
   data/behavior_datasets/harmbench_behaviors_text_*.csv): `Behavior`, `FunctionalCategory`,
   `SemanticCategory`, `Tags`, `ContextString`, `BehaviorID`. A contextual behaviour's prompt is
-  `f"{ContextString}\\n\\n---\\n\\n{Behavior}"`, the layout of HarmBench's own baselines
-  (baselines/direct_request, baselines/gcg); id = `BehaviorID`; category = `SemanticCategory`;
+  `f"{ContextString}\\n\\n---\\n\\n{Behavior}"`, the layout HarmBench's red-teaming baselines
+  give it (e.g. baselines/gcg); id = `BehaviorID`; category = `SemanticCategory`;
   `metadata["functional_category"]` = `FunctionalCategory` (standard, contextual, copyright).
 - strongreject: StrongREJECT (github.com/alexandrasouly/strongreject,
   strongreject_dataset/strongreject_{small_,}dataset.csv; Souly et al. 2024): `category`, `source`,
