@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai.errors import InputError
 from cai.yamlio import dump_yaml, item_name, load_yaml, parse_yaml
@@ -72,19 +72,59 @@ StopString = Annotated[str, Field(min_length=1)]
 
 
 class PromptSource(_Strict):
+    """One prompt set. In YAML a mapping, or just its path: `red_team: data/red.jsonl` = `{path: data/red.jsonl}`."""
+
     path: str = Field(description="File or directory holding the prompts.")
-    format: Literal["auto", "jsonl", "text", "csv", "parquet", "hf", "hh-rlhf"] = Field(
-        "auto", description="auto guesses from the name: .jsonl/.json, .txt, .csv, .parquet, a saved HF dataset directory, *.jsonl.gz with chosen/rejected = hh-rlhf."
+    format: Literal[
+        "auto", "jsonl", "text", "csv", "parquet", "hf", "hh-rlhf", "hh-red-team", "advbench", "harmbench", "strongreject", "xstest"
+    ] = Field(
+        "auto",
+        description="auto guesses from the name and first record: .jsonl/.json, .txt, .csv, .parquet, a saved HF dataset directory; "
+        "JSON with chosen (and no prompt field) = hh-rlhf, with transcript = hh-red-team; a CSV with exactly the published header of "
+        "AdvBench, HarmBench, StrongREJECT or XSTest = that dataset. See cai.prompts for each format.",
     )
-    field: str = Field("prompt", description="Column or JSON field holding the prompt text (jsonl, csv, parquet, hf).")
-    id_field: str | None = Field(None, description="Column holding a stable prompt id; default: a hash of the text.")
+    field: str | None = Field(
+        None,
+        description="Column or JSON field holding the prompt: a string, or chat messages [{role, content}]. "
+        "Default: prompt (or else a messages column) for jsonl/csv/parquet/hf, chosen for hh-rlhf, transcript for hh-red-team.",
+    )
+    id_field: str | None = Field(None, description="Column holding a stable prompt id; default: the dataset's own id (HarmBench), else a hash of the conversation.")
     split: str | None = Field(None, description="Split of a saved HF DatasetDict.")
     limit: int | None = Field(None, gt=0, description="Use only the first N prompts (after dropping blanks and duplicates).")
+    turns: Literal["first", "all"] | None = Field(
+        None,
+        description="Conversations: first = the first user turn alone is the prompt; all = the conversation up to its last user turn "
+        "(the earlier turns become the prompt's context). Default: first for hh-rlhf and hh-red-team (the CAI paper's red-team prompt), "
+        "all for chat messages.",
+    )
+    keep: list[str] = Field(
+        default_factory=list,
+        description="Columns or fields copied into each prompt's metadata under their own names, e.g. [form] or [target]. "
+        "Dataset formats keep their category (metadata.category) anyway.",
+    )
+    subset: Literal["all", "safe", "unsafe"] = Field(
+        "all", description="xstest only: every prompt, only the safe ones (over-refusal is measured on these), or only the unsafe contrast ones."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in ("line", "row", "system"):
+                raise ValueError(f"{name!r} is already a metadata key (where the prompt comes from); it cannot be kept as a column")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a column twice")
+        return v
 
 
 class Prompts(_Strict):
-    red_team: PromptSource | None = Field(None, description="Prompts meant to elicit harmful answers.")
-    helpful: PromptSource | None = Field(None, description="Ordinary requests, mixed into SFT and sampling so the model stays helpful.")
+    red_team: PromptSource | None = Field(None, description="Prompts meant to elicit harmful answers (a path, or a mapping with path, format, ...).")
+    helpful: PromptSource | None = Field(None, description="Ordinary requests, mixed into SFT and sampling so the model stays helpful (a path or a mapping).")
     rl_red_team: PromptSource | None = Field(
         None, description="Red-team prompts for the RL stages (sample, ppo) only, e.g. multi-turn or reworded ones; default: red_team."
     )
@@ -285,31 +325,64 @@ def _apply_override(data: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
+def prompt_source_keys() -> list[tuple[str, str]]:
+    """(section, key) of every PromptSource in a config: prompts.red_team, evaluate.helpful, ..."""
+    keys = []
+    for section, f in Config.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            for name, g in f.annotation.model_fields.items():
+                if PromptSource in (g.annotation, *get_args(g.annotation)):
+                    keys.append((section, name))
+    return keys
+
+
+def _expand_plain_paths(data: dict) -> None:
+    """`red_team: data/red.jsonl` -> `red_team: {path: data/red.jsonl}`, so --set can override one key of it."""
+    for section, name in prompt_source_keys():
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(name), str):
+            node[name] = {"path": node[name]}
+
+
 def _resolve_paths(data: dict, base: Path) -> None:
-    """Relative paths in a config are relative to the config file, like in every build tool."""
+    """Make the paths of `data` absolute. The rule, one for every path key (run_dir, constitution,
+    every prompt source, sft.helpful_dataset, local model paths): a relative path in a config file is
+    relative to that file's directory, like in every build tool; a path given with --set is relative
+    to the current directory (`base` is then the working directory). A local model's path that does
+    not exist there is kept as written: it is a Hugging Face hub id ("Qwen/Qwen2.5-7B-Instruct")."""
 
     def fix(value: str) -> str:
         p = Path(os.path.expanduser(value))
-        if p.is_absolute():
-            return str(p)
-        return str((base / p).resolve()) if (base / p).exists() else value
+        return str(p if p.is_absolute() else (base / p).resolve())
 
     def section(name: str) -> dict:
         # A section of the wrong type is left for validation to report, with its line.
         value = data.get(name)
         return value if isinstance(value, dict) else {}
 
-    if isinstance(data.get("constitution"), str):
-        data["constitution"] = fix(data["constitution"])
-    for src in [*section("prompts").values(), *(section("evaluate").get(k) for k in ("red_team", "helpful"))]:
+    for key in ("run_dir", "constitution"):
+        if isinstance(data.get(key), str) and data[key].strip():
+            data[key] = fix(data[key])
+    for name, key in prompt_source_keys():
+        src = section(name).get(key)
         if isinstance(src, dict) and isinstance(src.get("path"), str):
             src["path"] = fix(src["path"])
     sft = section("sft")
     if isinstance(sft.get("helpful_dataset"), str):
         sft["helpful_dataset"] = fix(sft["helpful_dataset"])
-    for spec in section("models").values():
-        if isinstance(spec, dict) and spec.get("backend") == "local" and isinstance(spec.get("path"), str):
-            spec["path"] = fix(spec["path"])
+    specs = [*section("models").values(), *(section(s).get("model") for s in ("sample", "sft", "pm")), section("evaluate").get("judge")]
+    for spec in specs:
+        if isinstance(spec, dict) and spec.get("backend", "local") == "local" and isinstance(spec.get("path"), str):
+            local = Path(fix(spec["path"]))
+            if local.exists() or spec["path"].startswith((".", "/", "~")):
+                spec["path"] = str(local)
+
+
+def _set_from(data: dict, patch: dict, parts: list[str]) -> None:
+    """Set data[parts] to patch[parts]: the override's key is replaced whole, its parents kept."""
+    for part in parts[:-1]:
+        patch = patch[part]
+    _apply_override(data, parts, patch[parts[-1]])
 
 
 def load_config(path: str | Path, overrides: list[str] = (), check_files_exist: bool = True) -> Config:
@@ -326,11 +399,16 @@ def load_config(path: str | Path, overrides: list[str] = (), check_files_exist: 
     if not isinstance(data, dict):
         raise InputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     overridden: set[str] = set()
+    _expand_plain_paths(data)
+    _resolve_paths(data, path.parent)  # paths in the file: relative to the file
     for item in overrides:
         parts, value = _parse_override(item)
-        _apply_override(data, parts, value)
+        patch: dict = {}
+        _apply_override(patch, parts, value)
+        _expand_plain_paths(patch)  # --set prompts.red_team=PATH is a plain path too
+        _resolve_paths(patch, Path.cwd())  # paths on the command line: relative to where it is typed
+        _set_from(data, patch, parts)
         overridden.add(item_name(parts))
-    _resolve_paths(data, path.parent)
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
@@ -368,11 +446,10 @@ def check_files(config: Config, path: Path) -> None:
     """Files a config names must exist (hub ids for local models are allowed through)."""
     if not Path(config.constitution).exists():
         raise InputError(f"{path}: constitution: file not found: {config.constitution}")
-    for section in ("prompts", "evaluate"):
-        for name in ("red_team", "helpful"):
-            src = getattr(getattr(config, section), name)
-            if src is not None and not Path(src.path).exists():
-                raise InputError(f"{path}: {section}.{name}.path: file not found: {src.path}")
+    for section, name in prompt_source_keys():
+        src = getattr(getattr(config, section), name)
+        if src is not None and not Path(src.path).exists():
+            raise InputError(f"{path}: {section}.{name}.path: file not found: {src.path}")
 
 
 def save_config(config: Config, path: Path) -> None:
