@@ -672,7 +672,7 @@ def test_a_plain_path_is_a_prompt_source(tmp_path, monkeypatch):
     config_path.write_text("run_dir: runs/x\nconstitution: constitution.yaml\nevaluate:\n  helpful: data/nowhere.jsonl\n")
     with pytest.raises(InputError) as err:
         load_config(config_path)
-    assert str(err.value) == f"{config_path}: evaluate.helpful.path: file not found: data/nowhere.jsonl"
+    assert str(err.value) == f"{config_path}: evaluate.helpful.path: file not found: {tmp_path / 'data' / 'nowhere.jsonl'}"
 
 
 # ---------------------------------------------------------------- bad rows are named by their line
