@@ -36,7 +36,7 @@ def test_from_and_until_select_stages_in_order():
     assert [s.name for s in registry.planned(config, "sample", "train-pm")] == ["sample", "label", "pm"]  # the old name still works
     dpo_only = load_config(CONFIG, ["pipeline.rl=dpo"])
     assert [s.name for s in registry.planned(dpo_only, "label", None)] == ["label", "dpo", "evaluate"]
-    with pytest.raises(InputError, match="--from sampel: not a stage; stages are critique, sft"):
+    with pytest.raises(InputError, match="--from sampel: not a stage; stages are redteam, critique, sft"):
         registry.planned(config, "sampel", None)
 
 

@@ -138,9 +138,31 @@ class Models(_Strict):
     feedback: ModelSpec | None = Field(
         None, description="The model that labels preferences; default: models.policy as given (the starting model, as in the CAI paper), not the fine-tuned one."
     )
+    redteam: ModelSpec | None = Field(None, description="The model that writes new red-team prompts (cai redteam); default: models.policy.")
 
 
 # ---------------------------------------------------------------- stages
+
+
+class Redteam(_Strict):
+    seeds: PromptSource | None = Field(None, description="The pool of example red-team prompts shown to the model; default: prompts.red_team.")
+    use: Literal["add", "replace"] = Field("add", description="add: critique reads the given red-team prompts and the generated ones; replace: the generated ones only.")
+    requests: int = Field(256, gt=0, description="Generation requests; each shows `k` seed prompts and asks for a new one.")
+    k: int = Field(4, gt=0, description="Seed prompts shown per request (drawn with the run's seed).")
+    topics: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Topics that steer the requests, in turn (balanced coverage); default: the constitution's topics, else none."
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the generated prompts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(96, gt=0, description="Token budget of one reply.")
+    batch_size: int = Field(32, gt=0, description="Requests per generate call.", json_schema_extra=SPEED_ONLY)
+    min_words: int = Field(3, ge=1, description="Drop generated prompts shorter than this many words.")
+    max_words: int = Field(200, ge=1, description="Drop generated prompts longer than this many words.")
+    near_duplicate: float = Field(0.6, gt=0, le=1, description="Jaccard similarity of word bigrams at which two prompts are near duplicates (kept: the first).")
+    decontaminate_ngram: int = Field(8, ge=1, description="Drop a generated prompt that shares an n-gram of this many words with any evaluation prompt.")
+    harm_filter: bool = Field(False, description="Ask the feedback model whether each prompt requests something harmful; keep those with p(harmful) >= harm_threshold.")
+    harm_threshold: float = Field(0.5, ge=0, le=1, description="Keep a prompt if the feedback model's p(harmful) is at least this (with harm_filter).")
+
 
 
 class Critique(_Strict):
@@ -279,6 +301,7 @@ class Config(_Strict):
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
     pipeline: Pipeline = Field(default_factory=Pipeline, description="Which stages `cai run` runs.")
+    redteam: Redteam | None = Field(None, description="Generate red-team prompts from seed prompts before critique (cai redteam); null: only the given prompts.")
     critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
     sample: Sample = Field(default_factory=Sample, description="RL-CAI: k responses per prompt, paired.")
     label: Label = Field(default_factory=Label, description="RL-CAI: AI preference labels from option log-probabilities.")

@@ -25,6 +25,7 @@
        choice_examples:               # few-shot, replayed before every preference question
          - - {role: user, content: "..."}        # a question laid out by cai.templates.choice_text
            - {role: assistant, content: "The answer is: (B)"}
+       topics: [theft, violence, ...] # optional: harm topics that steer `cai redteam`'s generated prompts
 
    Every key is optional except that at least one principle must be given. Unknown keys, missing
    fields, empty text, duplicate ids, roles other than user/assistant and conversations that do not
@@ -304,7 +305,7 @@ def _examples(src: _Source, value: Any, item: str, min_turns: int) -> tuple[tupl
 
 
 def _from_cai(src: _Source, data: Any) -> Constitution:
-    keys = ("name", "sl_principles", "rl_principles", "critique_examples", "choice_examples")
+    keys = ("name", "sl_principles", "rl_principles", "critique_examples", "choice_examples", "topics")
     data = _mapping(src, data, "", required=(), optional=keys)
     if "name" in data:
         _text(src, data["name"], "name")
@@ -339,6 +340,7 @@ def _from_cai(src: _Source, data: Any) -> Constitution:
         rl_principles=tuple(rl),
         critique_examples=_examples(src, data.get("critique_examples", []), "critique_examples", CRITIQUE_EXAMPLE_MIN_TURNS),
         choice_examples=_examples(src, data.get("choice_examples", []), "choice_examples", CHOICE_EXAMPLE_MIN_TURNS),
+        topics=tuple(_text(src, t, f"topics[{i}]") for i, t in enumerate(_list(src, data.get("topics", []), "topics"))),
         source=str(src.path),
     )
 

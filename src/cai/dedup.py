@@ -49,7 +49,7 @@ import numpy as np
 
 from cai.records import Prompt
 
-EXACT, NEAR, SEED, CONTAMINATION = "exact_duplicate", "near_duplicate", "seed_overlap", "contamination"
+EXACT, NEAR, SEED, CONTAMINATION, LENGTH, SCORE = "exact_duplicate", "near_duplicate", "seed_overlap", "contamination", "length", "harm_score"
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,39 @@ def apply(prompts: Sequence[Prompt], filters: Sequence[Filter]) -> Filtered:
         kept = result.kept
         dropped += result.dropped
     return Filtered(kept, tuple(dropped))
+
+
+class LengthBounds:
+    """Keep prompts whose request has between `min_words` and `max_words` words (normalised words)."""
+
+    def __init__(self, min_words: int, max_words: int):
+        self.min_words, self.max_words = min_words, max_words
+
+    def __call__(self, prompts: Sequence[Prompt]) -> Filtered:
+        kept, dropped = [], []
+        for p in prompts:
+            n = len(words(p.text))
+            if self.min_words <= n <= self.max_words:
+                kept.append(p)
+            else:
+                dropped.append(Drop(p, LENGTH, f"{n} words, outside {self.min_words}..{self.max_words}", ""))
+        return Filtered(tuple(kept), tuple(dropped))
+
+
+class MinScore:
+    """Keep prompts whose score (by id) is at least `threshold`: e.g. a judge's p(harmful)."""
+
+    def __init__(self, scores: dict[str, float], threshold: float, name: str = SCORE):
+        self.scores, self.threshold, self.name = scores, threshold, name
+
+    def __call__(self, prompts: Sequence[Prompt]) -> Filtered:
+        kept, dropped = [], []
+        for p in prompts:
+            if self.scores[p.id] >= self.threshold:
+                kept.append(p)
+            else:
+                dropped.append(Drop(p, self.name, f"score {self.scores[p.id]:.3f} < {self.threshold:g}", ""))
+        return Filtered(tuple(kept), tuple(dropped))
 
 
 # ---------------------------------------------------------------- normalisation

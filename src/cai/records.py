@@ -94,12 +94,14 @@ class Constitution:
 
     `critique_examples`: few-shot critique/revision conversations, shown before a critique conversation.
     `choice_examples`: few-shot multiple-choice conversations, shown before a preference question.
+    `topics`: harm topics that steer generated red-team prompts (optional).
     """
 
     sl_principles: tuple[SLPrinciple, ...]
     rl_principles: tuple[RLPrinciple, ...]
     critique_examples: tuple[tuple[Message, ...], ...] = ()
     choice_examples: tuple[tuple[Message, ...], ...] = ()
+    topics: tuple[str, ...] = ()  # harm topics that steer generated red-team prompts (cai redteam)
     source: str = ""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cai.errors import InputError
-from cai.stages import critique, dpo, evaluate, label, pm, ppo, sample, sft
+from cai.stages import critique, dpo, evaluate, label, pm, ppo, redteam, sample, sft
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,14 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage(
+        "redteam", "red-team prompts written by the model from seed prompts, deduplicated and decontaminated (with a redteam section)",
+        reads=("redteam.seeds or prompts.red_team", "evaluate.red_team / helpful (decontamination)", "constitution (topics)"),
+        writes=("redteam/prompts.jsonl", "redteam/dataset"),
+        starts_from="models.redteam, else models.policy", run=redteam.run, phase="sl",
+    ),
+    Stage(
         "critique", "SL-CAI: answer red-team prompts, critique and revise the answers",
-        reads=("prompts.red_team", "constitution (SL principles, critique examples)"),
+        reads=("prompts.red_team and/or redteam/prompts.jsonl", "constitution (SL principles, critique examples)"),
         writes=("critique/records.jsonl", "critique/sft_dataset", "critique/pairs_dataset"),
         starts_from="models.policy", run=critique.run, phase="sl",
     ),
@@ -102,4 +108,6 @@ def planned(config, start: str | None = None, until: str | None = None) -> list[
     hi = NAMES.index(stage(until).name) if until else len(NAMES) - 1
     rl = config.pipeline.rl
     skip = {"pm", "ppo"} if rl == "dpo" else {"dpo"} if rl == "ppo" else set()
+    if config.redteam is None:
+        skip.add("redteam")
     return [s for i, s in enumerate(STAGES) if lo <= i <= hi and s.name not in skip]

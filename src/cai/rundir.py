@@ -24,7 +24,7 @@ No other module writes a path inside a run directory as a literal: they ask this
 
 Which model a stage starts from (`starting_model`):
 
-    redteam   redteam.model, else models.policy
+    redteam   models.redteam, else models.policy
     critique  models.policy (it critiques and revises its own answers)
     sft       sft.model, else models.policy                       (local weights: it trains them)
     sample    sample.model, else the run's SFT model if made, else models.policy
@@ -189,6 +189,8 @@ def _sft_or_policy(config: Config, stage: str):
 def starting_model(config: Config, stage: str):
     """The model spec a stage starts from (see the module docstring). Raises InputError if none."""
     match stage:
+        case "redteam":
+            return config.models.redteam or _policy(config, stage)
         case "critique":
             return _policy(config, stage)
         case "sft":
@@ -222,6 +224,19 @@ def evaluated_models(config: Config) -> list[tuple[str, object]]:
         elif rd.has_model(name):
             out.append((name, run_model(config, name)))
     return out
+
+
+def red_team_sources(config: Config) -> list:
+    """The red-team prompt sources the critique stage reads: prompts.red_team, and with a redteam
+    section the generated prompts (<run_dir>/redteam/prompts.jsonl) with them (redteam.use: add) or
+    instead of them (replace)."""
+    from cai.config import PromptSource
+
+    given = [config.prompts.red_team] if config.prompts.red_team is not None else []
+    if config.redteam is None:
+        return given
+    generated = PromptSource(path=str(RunDir(config.run_dir).redteam_prompts), format="jsonl")
+    return [generated] if config.redteam.use == "replace" else given + [generated]
 
 
 def rl_prompt_sources(config: Config, helpful: bool = True) -> dict[str, object]:

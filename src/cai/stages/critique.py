@@ -35,7 +35,7 @@ from cai.errors import InputError
 from cai.lifecycle import StageRun, file_hash, identity, model_identity, source_identity, stable_seed
 from cai.prompts import load_prompts
 from cai.records import Constitution, Conversation, CritiqueRecord, CritiqueRound, GenerationParams, Prompt, assistant, user, write_records
-from cai.rundir import RunDir, starting_model
+from cai.rundir import RunDir, red_team_sources, starting_model
 from cai.store import save_dataset
 from cai.templates import critique_start
 
@@ -154,28 +154,40 @@ def generate(run: StageRun, backend: Backend, constitution: Constitution, prompt
     return responses, resumed
 
 
+def load_red_team(config: Config, say) -> list[Prompt]:
+    """The red-team conversations to critique (cai.rundir.red_team_sources), a conversation given
+    twice critiqued once."""
+    prompts: dict[str, Prompt] = {}
+    for src in red_team_sources(config):
+        if not Path(src.path).exists():
+            raise InputError(f"{src.path}: no generated red-team prompts; run `cai redteam` first")
+        ps = load_prompts(src)
+        say(ps.summary())
+        for p in ps.prompts:
+            prompts.setdefault(p.id, p)
+    return list(prompts.values())
+
+
 def run(config: Config, backend: Backend | None = None, force: bool = False) -> Path:
-    red = config.prompts.red_team
-    if red is None:
+    sources = red_team_sources(config)
+    if not sources:
         raise InputError("prompts.red_team: the critique stage needs red-team prompts")
     spec = starting_model(config, STAGE) if backend is None else None
     constitution = load_constitution(config.constitution)
     if not constitution.sl_principles:
         raise InputError(f"{config.constitution}: the constitution has no SL principles to critique with")
-    prompt_set = load_prompts(red)
+    prompts = load_red_team(config, lambda m: print(f"[{STAGE}] {m}", flush=True))
     rd = RunDir(config.run_dir)
     fp = {
         "seed": config.seed,
         "constitution": file_hash(config.constitution),
-        "prompts.red_team": source_identity(red),
+        "prompts.red_team": [source_identity(s) for s in sources],
         "models.policy": model_identity(config.models.policy),
         "critique": identity(config.critique),
     }
     with StageRun(config, STAGE, fp, force=force, rebuildable=True) as run:
         if run.complete:
             return rd.stage_dir(STAGE)
-        run.say(prompt_set.summary())
-        prompts = list(prompt_set.prompts)
         plans = {p.id: plan(constitution, p, config) for p in prompts}
         own = backend is None
         backend = backend or make_backend(spec)
@@ -190,7 +202,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         outputs = export(rd, records)
         multi = sum(p.multi_turn for p in prompts)
         revised = sum(r.revision_response != r.init_response for r in records)
-        summary = {"prompts": len(records), "multi_turn": multi, "revised": revised, "dropped_blank": prompt_set.dropped_blank, "dropped_duplicate": prompt_set.dropped_duplicate}
+        summary = {"prompts": len(records), "multi_turn": multi, "revised": revised}
         run.finish(summary, outputs, backend=backend.name)
         total = sum(len(v) for v in plans.values())
         run.say(f"generated {total - resumed} steps ({resumed} resumed); {len(records)} conversations ({multi} multi-turn), {revised} answers revised -> {rd.critique_records}")
