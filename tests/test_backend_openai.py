@@ -209,9 +209,9 @@ def test_missing_usage_reads_as_zero_tokens(server, reference, backend_for):
 # ---------------------------------------------------------------- option log-probs
 
 
-def test_option_logprobs_equal_the_models_own(server, reference, backend_for):
+def test_top_logprobs_scoring_equals_the_models_own(server, reference, backend_for):
     _, tok = reference
-    backend = backend_for()
+    backend = backend_for(option_scoring="top_logprobs")
     a, b = token_id(tok, "A"), token_id(tok, "B")
     prefilled = [user(QUESTION), assistant("The answer is (")]  # the letter is the first generated token
     open_turn = [user(QUESTION)]  # the model writes "The answer is (" itself, then the letter
@@ -229,7 +229,7 @@ def test_option_logprobs_equal_the_models_own(server, reference, backend_for):
     lp = next_token_logprobs(reference, lead)
     assert scores[1].logprobs == pytest.approx((lp[a].item(), lp[b].item()), abs=1e-4)
     assert [s.missing for s in scores] == [(False, False), (False, False)]
-    assert backend.missing_options == 0
+    assert backend.stats.missing_options == 0
 
     [req, _] = server.chat_requests()
     assert req.body["logprobs"] is True and req.body["top_logprobs"] == 20 and req.body["temperature"] == 0.0
@@ -237,7 +237,7 @@ def test_option_logprobs_equal_the_models_own(server, reference, backend_for):
 
 def test_options_missing_from_top_logprobs_get_a_floor_and_are_counted(reference, backend_for):
     _, tok = reference
-    backend = backend_for(top_logprobs=2)
+    backend = backend_for(top_logprobs=2, option_scoring="top_logprobs")
     conv = [user(QUESTION), assistant("The answer is (")]
     lp = next_token_logprobs(reference, prompt_ids(tok, conv))
     top2 = lp.topk(2)
@@ -247,24 +247,26 @@ def test_options_missing_from_top_logprobs_get_a_floor_and_are_counted(reference
     [s] = backend.option_logprobs([conv], [" (A)", " (B)", " (C)"])
     assert s.missing == (False, False, True)
     assert s.logprobs[2] == pytest.approx(floor, abs=1e-4) and s.logprobs[2] < min(s.logprobs[:2])
-    assert backend.missing_options == 1
+    assert backend.stats.missing_options == 1
 
     # no generated position lists "X" or "Y": every option gets the first position's floor
     [s] = backend.option_logprobs([conv], [" (X)", " (Y)"])
     assert s.missing == (True, True)
     assert s.logprobs == pytest.approx((floor, floor), abs=1e-4)
-    assert backend.missing_options == 3
+    assert backend.stats.missing_options == 3
 
 
 def test_option_logprobs_rejects_options_it_cannot_tell_apart(backend_for):
-    backend = backend_for()
-    for options in ([], [" (A)", "A"], [" (A)", " ()"]):
+    for options in ([], [" (A)", " (A)"], [" (A)", ""]):
         with pytest.raises(ValueError, match="distinct"):
-            backend.option_logprobs([[user("hi")]], options)
+            backend_for().option_logprobs([[user("hi")]], options)
+    for options in ([" (A)", "A"], [" (A)", " ()"]):  # the same token to top_logprobs scoring
+        with pytest.raises(ValueError, match="distinct once whitespace"):
+            backend_for(option_scoring="top_logprobs").option_logprobs([[user("hi")]], options)
 
 
 def pos(token, logprob, *top):
-    return {"token": token, "logprob": logprob, "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}
+    return (token, logprob, list(top))
 
 
 def test_read_option_logprobs_matching_rules():
@@ -333,7 +335,7 @@ def test_persistent_failure_gives_up_after_max_retries_plus_one_attempts(server,
     msg = str(err.value)
     assert len(server.chat_requests()) == 3
     assert server.url + "/chat/completions" in msg and "'tiny'" in msg and "3 attempts" in msg
-    assert {"503": "HTTP 503", "drop": "RemoteProtocolError", "garbage": "unparseable"}[fault] in msg
+    assert {"503": "HTTP 503", "drop": "RemoteProtocolError", "garbage": "invalid reply: an unparseable body"}[fault] in msg
     assert KEY not in msg
 
 
@@ -358,7 +360,8 @@ def test_wrong_key_fails_at_once_naming_the_variable_without_the_key(server, bac
     msg = str(err.value)
     assert "HTTP 401" in msg and KEY_ENV in msg and "Incorrect API key" in msg
     assert wrong not in msg  # the server echoed it; the backend does not pass it on
-    assert len(server.chat_requests()) == 1
+    assert server.url + "/models" in msg  # the start-up check found it, before any completion
+    assert len(server.chat_requests()) == 0
 
 
 # ---------------------------------------------------------------- the API key
@@ -368,7 +371,8 @@ def test_key_is_sent_as_bearer_and_shown_nowhere(server, backend_for):
     backend = backend_for()
     backend.generate([[user("hi")]] * 2, GenerationParams(max_new_tokens=2))
     backend.option_logprobs([[user("hi")]], [" (A)", " (B)"])
-    assert [r.authorization for r in server.chat_requests()] == [f"Bearer {KEY}"] * 3
+    assert [r.path for r in server.requests][:1] == ["/v1/models"] and len(server.chat_requests()) == 2 + 3
+    assert [r.authorization for r in server.requests] == [f"Bearer {KEY}"] * 6
     assert KEY not in repr(backend) and KEY not in str(backend)
     assert "key=set" in repr(backend)
     server.fail("500", "500")
@@ -386,7 +390,7 @@ def test_missing_key_is_an_input_error_except_on_localhost(server, backend_for, 
     assert "key=none" in repr(local)
     with pytest.raises(InputError, match=f"no API key was sent: set the environment variable {KEY_ENV}"):
         local.generate([[user("hi")]], GenerationParams(max_new_tokens=2))  # ...but this one needs it
-    assert server.chat_requests()[-1].authorization is None
+    assert server.requests[-1].authorization is None
 
     monkeypatch.setenv(KEY_ENV, KEY)
     assert backend_for(api_key_env=None, base_url="https://api.example.com/v1")._client.headers.get("authorization") is None
@@ -395,13 +399,17 @@ def test_missing_key_is_an_input_error_except_on_localhost(server, backend_for, 
 def test_from_spec_and_make_backend(server, backend_for):
     spec = OpenAIModel(
         backend="openai", base_url=server.url + "/", model="tiny", api_key_env=KEY_ENV, max_concurrency=3, max_retries=1,
-        timeout_s=5, backoff_s=0.01, top_logprobs=5,
+        timeout_s=5, backoff_s=0.01, top_logprobs=5, option_scoring="top_logprobs", neutralize_markers=False,
+        extra_markers=["<<x>>"], endpoint_failures=2, endpoint_cooldown_s=7,
     )  # fmt: skip
     backend = make_backend(spec)
     try:
         assert isinstance(backend, OpenAIBackend)
-        assert (backend.base_url, backend.name, backend.max_concurrency, backend.max_retries, backend.top_logprobs) == (
-            server.url, "tiny", 3, 1, 5
+        assert (backend.base_urls, backend.name, backend.max_concurrency, backend.max_retries, backend.top_logprobs) == (
+            [server.url], "tiny", 3, 1, 5
+        )
+        assert (backend.option_scoring, backend._markers, backend.endpoints.failures, backend.endpoints.cooldown_s) == (
+            "top_logprobs", None, 2, 7
         )
         [g] = backend.generate([[user("Tell me about rain.")]], GenerationParams(max_new_tokens=4))
         assert g.completion_tokens == 4
