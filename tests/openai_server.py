@@ -292,8 +292,9 @@ class OpenAIServer:
 
     # ------------------------------------------------------------ test controls
 
-    def fail(self, *faults: str) -> None:
-        unknown = set(faults) - set(FAULTS)
+    def fail(self, *faults: str | None) -> None:
+        """Queue faults, one per chat request in arrival order (None: that request goes right)."""
+        unknown = set(faults) - set(FAULTS) - {None}
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
         with self._lock:
