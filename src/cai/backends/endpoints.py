@@ -69,7 +69,7 @@ class Endpoints:
                 endpoint.failed += 1
                 endpoint.streak += 1
                 endpoint.last_error = error
-                if endpoint.streak >= self.failures:
+                if endpoint.streak >= self.failures and len(self.all) > 1:  # (a lone endpoint has no stand-in)
                     self._set_aside(endpoint, f"{endpoint.streak} failed attempts in a row (last: {error})")
             self._cond.notify_all()
 

@@ -105,6 +105,8 @@ class OpenAIStats:
     neutralized_markers: int = 0  # chat-marker strings broken in outgoing messages
     missing_options: int = 0  # options given a floor instead of a measured log-prob (top_logprobs scoring)
     filtered_replies: int = 0  # replies whose text the provider withheld (finish_reason content_filter)
+    prompt_tokens: int = 0  # of generate calls, as the servers' usage reports them
+    completion_tokens: int = 0
 
 
 class RequestRejected(RuntimeError):
@@ -272,6 +274,7 @@ class OpenAIBackend:
             if seeds is not None:
                 payload["seed"] = seeds[i]
             generation, filtered = self._request(payload, read_generation, reply_cap(params.max_new_tokens))
+            self._count(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
             if filtered:
                 self._count(filtered_replies=1)
                 log.warning("model %r: the provider withheld a reply (finish_reason content_filter); it reads as empty", self.model)
