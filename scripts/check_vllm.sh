@@ -60,7 +60,8 @@ stop_server() {
   fi
   SERVER_PID=""
 }
-trap stop_server EXIT INT TERM
+trap stop_server EXIT
+trap "exit 130" INT TERM  # (exit runs the EXIT trap)
 
 serve() {  # serve MODEL_DIR NAME LOG: start vLLM and wait until it answers GET /v1/models
   local model=$1 name=$2 log=$3 t0=$SECONDS

@@ -39,13 +39,16 @@ Beyond the plain OpenAI API:
   SGLang's `continue_final_message: true, add_generation_prompt: false`, and the reply holds only
   the continuation. Servers without that extension may reject it (400) or start a new turn.
 - `option_logprobs`, with `option_scoring`:
-  - "prompt_logprobs" (vLLM): exact. The conversation, and the conversation continued with each
-    option, are sent with `prompt_logprobs: 0, return_token_ids: true, max_tokens: 1`; an
-    option's log-prob is the sum of the prompt log-probs of the tokens after the prompt's own
-    (1 + K requests per question; vLLM's prefix cache makes the repeats cheap). Every option is
-    measured, none is ever floored.
-  - "top_logprobs": the `top_logprobs` of a short greedy completion, so it sees only options whose
-    answer token is among the server's top tokens; see `read_option_logprobs`.
+  - "prompt_logprobs" (vLLM): exact. The conversation is sent with `return_token_ids: true`
+    (its prompt's token ids), and the conversation continued with each option with
+    `prompt_logprobs: 0` as well (`max_tokens: 1`); an option's log-prob is the sum of the prompt
+    log-probs of the tokens after the prompt's own. Every option is measured, none is ever
+    floored, options of any length. Cost: 1 + K requests per question, and vLLM 0.32 computes a
+    request with prompt log-probs without its prefix cache (it needs every position's logits), so
+    each option is a full prefill of the question: about K times the prefill of "top_logprobs".
+  - "top_logprobs": the `top_logprobs` of a short greedy completion: one request per question,
+    but it sees only one-token options whose token is among the server's top tokens (others get
+    a floor, counted in `stats.missing_options`); see `read_option_logprobs`.
   - "auto" (default): "prompt_logprobs" if the server offers it (the first question is asked that
     way; a 400/422, or a reply without `prompt_logprobs`, means it does not), else "top_logprobs".
 """
@@ -350,7 +353,7 @@ class OpenAIBackend:
                     raise RuntimeError(f"model {self.model!r}: option {o!r} added no token to the prompt")
                 # (if the option's first token merged with the prompt's last, the tokens after the
                 # common prefix are scored: what the server would see)
-                logprobs.append(sum(lps[common - 1 :]))
+                logprobs.append(sum(lps[max(common, 1) - 1 :]))
             out.append(OptionScores(logprobs=tuple(logprobs), missing=(False,) * len(options)))
         return out
 
