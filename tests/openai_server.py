@@ -7,7 +7,8 @@ no network). `OpenAIServer(path)` serves that model over HTTP the way vLLM or ll
         httpx.post(server.url + "/chat/completions", json={"model": "tiny", "messages": [...]})
 
 The server can be told to misbehave (`server.fail("429", "drop", ...)`, one fault per request) and
-records every request it received, so backend tests can check retries, headers and concurrency.
+records every request it received and every reply it sent, so backend tests can check retries,
+headers, concurrency and that every item was answered exactly once.
 """
 
 from __future__ import annotations
@@ -144,7 +145,15 @@ def _train(model, tokenizer, convs: list, steps: int, seed: int) -> None:
 
 # ---------------------------------------------------------------- the server
 
-FAULTS = ("429", "500", "503", "400", "401", "hang", "garbage", "no_choices", "no_usage", "drop")
+FAULTS = (
+    # transport and status faults
+    "429", "500", "503", "400", "401", "hang", "drop", "trickle",
+    # 200 replies that do not hold what was asked for
+    "garbage", "no_choices", "no_usage", "no_content", "null_content", "content_number", "content_bad_parts",
+    "nan_logprobs", "no_token", "huge", "huge_stream", "bad_usage",
+    # 200 replies in forms the API allows
+    "content_parts", "filtered", "refusal",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,16 @@ class Received:
     path: str
     body: dict | None
     authorization: str | None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One reply as the server sent it: status 0 when it closed the connection without one."""
+
+    path: str
+    status: int
+    fault: str | None
+    body: dict | None  # the request's body
 
 
 class OpenAIServer:
@@ -166,17 +185,35 @@ class OpenAIServer:
     `stop` string (cut from the text, like the OpenAI API), and reports usage, finish_reason and,
     with `logprobs`, each generated token's log-softmax and `top_logprobs` alternatives.
 
+    vLLM's extensions: `prompt_logprobs: k` returns, per prompt token, its log-prob given the tokens
+    before it (and the top k), as vLLM does: a top-level list with null for the first token, then
+    {"<token id>": {"logprob", "rank", "decoded_token"}}; `return_token_ids: true` returns
+    `prompt_token_ids`. `prompt_logprobs_mode` = "yes" (like vLLM), "reject" (a 400 naming the
+    argument, like the OpenAI API) or "ignore" (like servers that drop unknown arguments).
+    `GET /v1/models` lists the model (404 if `models_route` is False).
+
     Test controls:
-    - `fail(*faults)`: queue faults, one taken per chat request: "429" (Retry-After: 0), "500",
-      "503", "400", "401", "hang" (answer nothing for `hang_s`, or until reset/close), "garbage"
-      (200, not JSON), "no_choices" (200 without choices), "no_usage" (a normal answer without
-      usage), "drop" (close the connection without answering).
+    - `fail(*faults)`: queue faults, one taken per chat request:
+      "429" (Retry-After: 0), "500", "503", "400", "401"; "hang" (answer nothing for `hang_s`, or
+      until reset/close); "drop" (close the connection without answering); "trickle" (the right
+      reply, one byte every `trickle_s`);
+      "garbage" (200, not JSON); "no_choices"; "no_usage" (a right answer without usage);
+      "no_content" / "null_content" (message without content / content null, finish_reason stop);
+      "content_number" (content 42); "content_bad_parts" (content [1, 2]); "nan_logprobs" (every
+      log-prob NaN); "no_token" (log-prob entries without `token`); "huge" (a 5 MB reply, with its
+      Content-Length); "huge_stream" (up to 50 MB without a Content-Length, until the client hangs
+      up; `stream_bytes_sent` says how much went out); "bad_usage" (usage counts as strings);
+      "content_parts" (the right text as a list of two text parts and a reasoning part);
+      "filtered" (content null, finish_reason content_filter); "refusal" (content null, a
+      `refusal` string).
     - `api_key`: when set, requests without `Authorization: Bearer <api_key>` get a 401 that
       echoes the key presented (some real servers do), so clients can be checked for leaks.
     - `delay_s`: each chat request first waits a random time in [0, delay_s], so requests overlap
-      and finish out of order.
-    - `requests` (every request received), `max_in_flight` (most chat requests handled at once),
-      `errors` (exceptions inside the server), `reset()`.
+      and finish out of order; `latency_s`: a fixed wait per chat request.
+    - `kill()`: stop at once, like a killed process: requests in flight get no answer, new
+      connections are refused. `kill_after = n`: kill when the n-th chat request arrives.
+    - `requests` (every request received), `sent` (every reply, see `Sent`), `max_in_flight`
+      (most chat requests handled at once), `errors` (exceptions inside the server), `reset()`.
     """
 
     def __init__(self, model_path: str | Path, model_name: str = "tiny", api_key: str | None = None, hang_s: float = 30.0):
@@ -187,9 +224,16 @@ class OpenAIServer:
         self.model_name = model_name
         self.api_key = api_key
         self.hang_s = hang_s
+        self.trickle_s = 0.05
         self.delay_s = 0.0
+        self.latency_s = 0.0
+        self.prompt_logprobs_mode = "yes"
+        self.models_route = True
+        self.kill_after: int | None = None
+        self.stream_bytes_sent = 0
         self.faults: deque[str] = deque()
         self.requests: list[Received] = []
+        self.sent: list[Sent] = []
         self.errors: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -197,6 +241,7 @@ class OpenAIServer:
         self._model_lock = threading.Lock()  # one forward pass at a time
         self._stop = threading.Event()  # set by close(): ends delays and hangs at once
         self._release = threading.Event()  # set by reset(): ends the hangs of earlier tests
+        self._killed = threading.Event()
         self._rng = random.Random(0)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -215,10 +260,25 @@ class OpenAIServer:
         self._stop.set()
         self._release.set()
         if self._httpd is not None:
-            self._httpd.shutdown()
+            if not self._killed.is_set():
+                self._httpd.shutdown()
             self._httpd.server_close()  # joins handler threads (block_on_close)
             self._thread.join()
             self._httpd = None
+
+    def kill(self) -> None:
+        """Stop like a killed process: no more answers, the port closed. Callable from any thread."""
+        if self._killed.is_set():
+            return
+        self._killed.set()
+        self._stop.set()
+        self._release.set()
+
+        def stop_listening():
+            self._httpd.shutdown()
+            self._httpd.socket.close()
+
+        threading.Thread(target=stop_listening, name="openai-test-server-kill").start()
 
     def __enter__(self) -> OpenAIServer:
         return self.start()
@@ -232,8 +292,9 @@ class OpenAIServer:
 
     # ------------------------------------------------------------ test controls
 
-    def fail(self, *faults: str) -> None:
-        unknown = set(faults) - set(FAULTS)
+    def fail(self, *faults: str | None) -> None:
+        """Queue faults, one per chat request in arrival order (None: that request goes right)."""
+        unknown = set(faults) - set(FAULTS) - {None}
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
         with self._lock:
@@ -249,12 +310,21 @@ class OpenAIServer:
             self._release = threading.Event()
             self.faults.clear()
             self.requests.clear()
+            self.sent.clear()
             self.errors.clear()
             self.max_in_flight = 0
             self.delay_s = 0.0
+            self.latency_s = 0.0
+            self.prompt_logprobs_mode = "yes"
+            self.models_route = True
+            self.stream_bytes_sent = 0
 
     def chat_requests(self) -> list[Received]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def answered(self) -> list[dict]:
+        """Bodies of the chat requests that got a right 200 answer (no fault)."""
+        return [s.body for s in self.sent if s.path.endswith("/chat/completions") and s.status == 200 and s.fault is None]
 
     # ------------------------------------------------------------ the model
 
@@ -304,6 +374,11 @@ class OpenAIServer:
                     text, finish = text[: min(cuts)], "stop"
                     break
         n_generated = len(ids) - len(prompt)
+        extra = {}
+        if req.get("return_token_ids"):
+            extra["prompt_token_ids"] = prompt
+        if req.get("prompt_logprobs") is not None:
+            extra["prompt_logprobs"] = self.prompt_logprobs(prompt, int(req["prompt_logprobs"]))
         return {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
@@ -318,7 +393,24 @@ class OpenAIServer:
                 }
             ],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": n_generated, "total_tokens": len(ids)},
+            **extra,
         }
+
+    def prompt_logprobs(self, prompt: list[int], k: int) -> list[dict | None]:
+        """vLLM's prompt_logprobs: null, then per token j its log p given tokens < j, and the top k."""
+        with self._model_lock, torch.no_grad():
+            logp = torch.log_softmax(self.model(torch.tensor([prompt])).logits[0].float(), -1)  # (T, V)
+        out: list[dict | None] = [None]
+        for j in range(1, len(prompt)):
+            row = logp[j - 1]
+            wanted = [prompt[j]] + (row.topk(k).indices.tolist() if k else [])
+            out.append(
+                {
+                    str(t): {"logprob": float(row[t]), "rank": int((row > row[t]).sum()) + 1, "decoded_token": self.tokenizer.decode([t])}
+                    for t in wanted
+                }
+            )
+        return out
 
 
 def _sample(logits: torch.Tensor, top_p: float, gen: torch.Generator) -> int:
@@ -359,10 +451,13 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.app
         with app._lock:
             app.requests.append(Received(self.path, None, self.headers.get("Authorization")))
-        if self.path.rstrip("/") == "/v1/models":
-            self._send(*_json(200, {"object": "list", "data": [{"id": app.model_name, "object": "model", "owned_by": "cai-tests"}]}))
-        else:
+        auth = self.headers.get("Authorization")
+        if self.path.rstrip("/") != "/v1/models" or not app.models_route:
             self._send(*_error(404, f"no route {self.path}"))
+        elif app.api_key is not None and auth != f"Bearer {app.api_key}":
+            self._send(*_error(401, f"Incorrect API key provided: {(auth or '').removeprefix('Bearer ')!r}"))
+        else:
+            self._send(*_json(200, {"object": "list", "data": [{"id": app.model_name, "object": "model", "owned_by": "cai-tests"}]}))
 
     def do_POST(self) -> None:
         app = self.app
@@ -376,6 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
             fault = app.faults.popleft() if app.faults else None
             app.in_flight += 1
             app.max_in_flight = max(app.max_in_flight, app.in_flight)
+            n_chat = len(app.chat_requests())
+        if app.kill_after is not None and n_chat >= app.kill_after:
+            app.kill()
         try:
             reply = self._answer(body, fault)
         except Exception as e:  # a bug in this server: say so, and let the test see it
@@ -385,7 +483,17 @@ class _Handler(BaseHTTPRequestHandler):
             # Out of flight before the client can see the answer and send its next request.
             with app._lock:
                 app.in_flight -= 1
-        if reply is not None:
+        if app._killed.is_set():
+            reply = None  # a killed process answers nothing
+        with app._lock:
+            app.sent.append(Sent(self.path, reply[0] if reply is not None else 0, fault, body))
+        if reply is None:
+            return
+        if fault == "trickle":
+            self._send_slowly(*reply)
+        elif fault == "huge_stream":
+            self._send_until_hung_up(reply[0], reply[2])
+        else:
             self._send(*reply)
 
     def _answer(self, body: dict | None, fault: str | None) -> Reply | None:
@@ -415,14 +523,54 @@ class _Handler(BaseHTTPRequestHandler):
         problem = _validate(body, app.model_name)
         if problem:
             return problem
+        asks_prompt = body.get("prompt_logprobs") is not None or body.get("return_token_ids")
+        if asks_prompt and app.prompt_logprobs_mode == "reject":
+            arg = "prompt_logprobs" if body.get("prompt_logprobs") is not None else "return_token_ids"
+            return _error(400, f"Unrecognized request argument supplied: {arg}")
+        if asks_prompt and app.prompt_logprobs_mode == "ignore":
+            body = {k: v for k, v in body.items() if k not in ("prompt_logprobs", "return_token_ids")}
+        wait = app.latency_s
         if app.delay_s:
             with app._lock:
-                wait = app._rng.uniform(0, app.delay_s)
+                wait += app._rng.uniform(0, app.delay_s)
+        if wait:
             app._stop.wait(wait)
+        if fault == "huge":
+            return _json(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 5_000_000}, "finish_reason": "length"}]})
         response = app.complete(body)
-        if fault == "no_usage":
-            del response["usage"]
+        _spoil(response, fault)
         return _json(200, response)
+
+    def _send_slowly(self, status: int, data: bytes, headers: dict) -> None:
+        """The whole reply, one byte every trickle_s, until done, released or hung up on."""
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                if self.app._release.wait(self.app.trickle_s):
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _send_until_hung_up(self, status: int, headers: dict) -> None:
+        """A body without Content-Length (it ends when the connection closes): 64 KiB chunks, up to
+        50 MB, until the client hangs up."""
+        chunk = b'{"choices": [{"message": {"content": "' + b"x" * 65536
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            while self.app.stream_bytes_sent < 50_000_000 and not self.app._release.is_set():
+                self.wfile.write(chunk)
+                self.app.stream_bytes_sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, data: bytes, headers: dict) -> None:
         try:
@@ -434,6 +582,46 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timed out) before the answer
+
+
+def _spoil(response: dict, fault: str | None) -> None:
+    """Turn a right response into the 200 reply a fault asks for (in place)."""
+    message, choice = response["choices"][0]["message"], response["choices"][0]
+    logprobs = (choice.get("logprobs") or {}).get("content") or []
+    if fault == "no_usage":
+        del response["usage"]
+    elif fault == "bad_usage":
+        response["usage"] = {k: str(v) for k, v in response["usage"].items()}
+    elif fault == "no_content":
+        del message["content"]
+    elif fault == "null_content":
+        message["content"] = None
+    elif fault == "content_number":
+        message["content"] = 42
+    elif fault == "content_bad_parts":
+        message["content"] = [1, 2]
+    elif fault == "content_parts":
+        text = message["content"]
+        message["content"] = [
+            {"type": "reasoning", "reasoning": "(not part of the answer)"},
+            {"type": "text", "text": text[: len(text) // 2]},
+            {"type": "text", "text": text[len(text) // 2 :]},
+        ]
+    elif fault == "filtered":
+        message["content"], choice["finish_reason"] = None, "content_filter"
+    elif fault == "refusal":
+        message["content"], message["refusal"] = None, "I can't help with that."
+    elif fault == "nan_logprobs":
+        for pos in logprobs:
+            pos["logprob"] = float("nan")
+            for alt in pos["top_logprobs"]:
+                alt["logprob"] = float("nan")
+        for entry in response.get("prompt_logprobs") or []:
+            for item in (entry or {}).values():
+                item["logprob"] = float("nan")
+    elif fault == "no_token":
+        for pos in logprobs:
+            del pos["token"]
 
 
 def _validate(body: dict | None, model_name: str) -> Reply | None:

@@ -63,11 +63,10 @@ def test_a_server_that_stays_down_is_one_line_exit_1_and_cai_debug_shows_the_tra
     assert r.returncode == 1, r.stderr
     last = r.stderr.rstrip().splitlines()[-1]
     assert "Traceback" not in r.stderr
-    assert last.startswith(f"error: http://127.0.0.1:{port}/v1/chat/completions (model 'm') failed after 2 attempts; last error: connection failed")
+    assert last.startswith("error: no endpoint of model 'm' answered GET /models") and f"127.0.0.1:{port}" in last
     assert last.endswith("; run the same command again to resume")
     r = cai("critique", cfg, env={"CAI_DEBUG": "1"})
     assert r.returncode == 1 and "Traceback" in r.stderr and "BackendError" in r.stderr
-    assert r.stderr.rstrip().endswith("; run the same command again to resume")
 
 
 def test_config_keys_lists_every_contract_key():

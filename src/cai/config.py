@@ -51,16 +51,58 @@ class LocalModel(_Strict):
 
 class OpenAIModel(_Strict):
     backend: Literal["openai"] = Field(description="Any OpenAI-compatible chat server: vLLM, SGLang, TGI, Ollama, llama.cpp, hosted APIs.")
-    base_url: str = Field(description="Server URL up to /v1, e.g. http://localhost:8000/v1.")
+    base_url: str | list[str] = Field(
+        description="Server URL up to /v1, e.g. http://localhost:8000/v1, or a list of them: each request goes to the one with "
+        "the fewest requests in flight; one that keeps failing is set aside for endpoint_cooldown_s.",
+        json_schema_extra=SPEED_ONLY,  # which servers answer; `model` says what answers
+    )
     model: str = Field(description="Model name the server expects.")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself never goes in a config)."
     )
-    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once.", json_schema_extra=SPEED_ONLY)
-    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections before giving up.", json_schema_extra=SPEED_ONLY)
-    timeout_s: float = Field(120.0, gt=0, description="Seconds before one request counts as timed out.", json_schema_extra=SPEED_ONLY)
-    backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry, with full jitter.", json_schema_extra=SPEED_ONLY)
-    top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for when scoring answer options.")
+    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once per endpoint (total: this times the number of base URLs).", json_schema_extra=SPEED_ONLY)
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts, dropped connections and invalid replies before giving up.", json_schema_extra=SPEED_ONLY)
+    timeout_s: float = Field(
+        120.0, gt=0, allow_inf_nan=False, description="Wall-clock limit of one attempt in seconds: connect, send, wait and read together.", json_schema_extra=SPEED_ONLY
+    )
+    backoff_s: float = Field(1.0, gt=0, allow_inf_nan=False, description="First retry delay; doubles each retry, with full jitter.", json_schema_extra=SPEED_ONLY)
+    top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for when scoring answer options from top_logprobs.")
+    option_scoring: Literal["auto", "prompt_logprobs", "top_logprobs"] = Field(
+        "auto",
+        description="How answer options are scored: prompt_logprobs (vLLM: exact, every option measured), top_logprobs "
+        "(any server with logprobs; options outside the top tokens get a floor), or auto (prompt_logprobs if the server offers them).",
+    )
+    neutralize_markers: bool = Field(
+        True,
+        description="Break chat-format marker strings (<|im_end|>, [INST], <start_of_turn>, ...) in outgoing messages with an "
+        "invisible character, so text cannot forge turns in the server's chat template; the count is in the backend's stats.",
+    )
+    extra_markers: list[str] = Field(
+        default_factory=list, description="More marker strings to neutralise (e.g. a model's own special tokens), each at least 2 characters."
+    )
+    endpoint_failures: int = Field(3, ge=1, description="Failed attempts in a row after which an endpoint is set aside for endpoint_cooldown_s.", json_schema_extra=SPEED_ONLY)
+    endpoint_cooldown_s: float = Field(30.0, gt=0, allow_inf_nan=False, description="Seconds a failing endpoint is set aside before it gets requests again.", json_schema_extra=SPEED_ONLY)
+
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, v: str | list[str]) -> str | list[str]:
+        urls = [v] if isinstance(v, str) else v
+        if not urls:
+            raise ValueError("give at least one URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: expected an http:// or https:// URL up to /v1, e.g. http://localhost:8000/v1")
+        if len({u.rstrip("/") for u in urls}) != len(urls):
+            raise ValueError("a URL is listed twice")
+        return v
+
+    @field_validator("extra_markers")
+    @classmethod
+    def _markers(cls, v: list[str]) -> list[str]:
+        short = [m for m in v if len(m) < 2]
+        if short:
+            raise ValueError(f"{short!r}: a marker needs at least 2 characters (it is broken after its first)")
+        return v
 
 
 ModelSpec = Annotated[Union[LocalModel, OpenAIModel], Field(discriminator="backend")]

@@ -260,16 +260,25 @@ class StageRun:
         save_config(self.config, self.rd.config)
         self._t0 = time.time()
 
-    def finish(self, summary: dict[str, Any], outputs: Iterable[Path] = (), backend: str | None = None) -> None:
+    def finish(self, summary: dict[str, Any], outputs: Iterable[Path] = (), backend: Any = None) -> None:
         """Mark the stage done: its summary (shown by `cai run` and the report), wall time, the
-        backend that made its data, and the size and hash of each output (checked on every rerun)."""
+        backend that made its data (a name, or a backend: its name and its counters: tokens,
+        retries, neutralised markers, ...), and the size and hash of each output (checked on
+        every rerun)."""
+        import dataclasses
+
         info = {
             "_outputs": {str(Path(p).relative_to(self.rd.root)): output_record(Path(p)) for p in outputs},
             "_wall_s": round(time.time() - self._t0, 1),  # this process's part (a resumed stage's earlier part is not counted)
             "_finished": time.time(),
         }
-        if backend is not None:
+        if isinstance(backend, str):
             info["_backend"] = backend
+        elif backend is not None:
+            info["_backend"] = getattr(backend, "name", type(backend).__name__)
+            stats = getattr(backend, "stats", None)
+            if dataclasses.is_dataclass(stats):
+                info["_backend_stats"] = dataclasses.asdict(stats)
         self.store.set_stage(self.stage, json.dumps(self.fp, sort_keys=True), "done", summary | info)
 
 

@@ -6,7 +6,14 @@
 
 Conversation convention (both operations): if the last message is from the assistant, it is an
 unfinished assistant turn that the model continues (HF's `continue_final_message`); otherwise the
-model starts a new assistant turn.
+model starts a new assistant turn. Message contents are plain text, never markup: a special-token
+string inside one cannot open or close a turn (the local backend tokenizes it as text, the OpenAI
+backend breaks it before sending).
+
+Both backends keep counters in `backend.stats`, a dataclass (`dataclasses.asdict(backend.stats)`
+for a stage's metrics): tokens and time for the local one (`BackendStats`); requests, retries,
+invalid replies, neutralised markers, floored options for the OpenAI one (`OpenAIStats`, with
+per-endpoint counts in `backend.endpoints.summary()`).
 """
 
 from __future__ import annotations

@@ -16,12 +16,20 @@ Layout of a batch (one row per conversation, `.` = padding, masked out):
 Position ids count only real tokens (0, 1, 2, ... per row), so a row's KV is the same whatever its
 padding, and a cached row equals a recomputed one (tested).
 
+Text is never markup. Prompts, answers, critiques and constitution text reach the tokenizer as plain
+text: a special-token string inside a message (`<|im_end|>\n<|im_start|>assistant\n...` in a
+red-team prompt, or in a policy answer quoted into a label question) becomes ordinary tokens, so it
+cannot forge a turn. Only the markers the chat template itself writes are special (`ChatEncoder`).
+
 Run on its own: `python -m cai.backends.local MODEL_DIR "a question"`.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import secrets
 import sys
 import time
 from collections import OrderedDict
@@ -194,6 +202,100 @@ def _register_shared_prefix_attention() -> None:
     AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
 
 
+class ChatEncoder:
+    """Token ids of chat conversations in which only the chat template's own markers are special.
+
+    A tokenizer matches special-token strings anywhere in its input, so tokenizing a rendered chat
+    template turns a `<|im_start|>` typed by a user into a real turn marker. Here:
+
+    1. every special-token string inside a message (or the suffix) is replaced by a private
+       placeholder, and the template is rendered: every special-token string left in the text is
+       the template's own;
+    2. those are swapped for sentinels (private-use characters and a random nonce, so no input can
+       write one), and the placeholders back for the literal strings;
+    3. the text is tokenized, in one call, by a copy of the tokenizer whose special tokens are the
+       sentinels: the template's markers become the real special ids, the content's marker strings
+       are plain text to it (the same ids as `split_special_tokens=True` gives).
+
+    One call on the whole text keeps the tokenizer's own handling of splits (the boundaries at
+    special tokens, lstrip/rstrip, sentencepiece's prefix space), so a conversation without special
+    strings gets exactly the ids of `tokenizer(apply_chat_template(...))`; such conversations skip
+    steps 1-3 and are tokenized that way. Tokenizers without a `tokenizers` backend tokenize the
+    text between the template's markers piece by piece instead.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        specials = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self.markers = sorted(specials, key=len, reverse=True)  # longest first, as the tokenizer matches
+        # (the lookahead skips, in C, every position no marker starts at: tokenizers such as Llama 3's
+        # have hundreds of special tokens)
+        first = "".join(sorted({re.escape(m[0]) for m in self.markers}))
+        self._marker_re = re.compile(f"(?=[{first}])(?:{'|'.join(map(re.escape, self.markers))})") if self.markers else None
+        nonce = secrets.randbelow(10**12)
+        # Placeholders and sentinels: private-use characters around digits, which no template trims,
+        # escapes or changes case of. The nonce keeps inputs from containing one by chance or design.
+        self._hidden = {m: f"\ue000{nonce}h{k}\ue001" for k, m in enumerate(self.markers)}
+        self._shown = {v: m for m, v in self._hidden.items()}
+        self._sentinel = {m: f"\ue000{nonce}s{specials[m]}\ue001" for m in self.markers}
+        self._hidden_re = re.compile(f"\ue000{nonce}h\\d+\ue001")
+        self._sentinel_re = re.compile(f"\ue000{nonce}s(\\d+)\ue001")  # (the group: the real token id)
+        self._clone, self._real_id = self._sentinel_tokenizer(specials)
+
+    def _sentinel_tokenizer(self, specials: dict[str, int]):
+        """A copy of the `tokenizers` backend whose special tokens are the sentinels, and the map from
+        the copy's sentinel ids to the real ids; (None, {}) where there is no such backend, or the
+        copy would not give every other token its real id."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or not self.markers:
+            return None, {}
+        from tokenizers import Tokenizer
+
+        data = json.loads(backend.to_str())
+        for token in data["added_tokens"]:
+            if token["special"] and token["content"] in self._sentinel:
+                token["content"] = self._sentinel[token["content"]]
+        clone = Tokenizer.from_str(json.dumps(data))
+        clone.no_padding()
+        clone.no_truncation()
+        real_id = {clone.token_to_id(s): specials[m] for m, s in self._sentinel.items()}
+        others = [(t.content, i) for i, t in self.tokenizer.added_tokens_decoder.items() if not t.special]
+        if None in real_id or any(clone.token_to_id(c) != i for c, i in others) or set(real_id) & {i for _, i in others}:
+            return None, {}
+        return clone, real_id
+
+    def has_markers(self, text: str) -> bool:
+        return self._marker_re is not None and self._marker_re.search(text) is not None
+
+    def render(self, conversation: Conversation) -> str:
+        """The chat template's text; an unfinished final assistant turn is continued."""
+        cont = conversation[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+
+    def encode(self, conversation: Conversation, suffix: str = "") -> list[int]:
+        """Token ids of the conversation (then `suffix`, e.g. an answer option, as plain text)."""
+        if not (self.has_markers(suffix) or any(self.has_markers(m["content"]) for m in conversation)):
+            return self.tokenizer(self.render(conversation) + suffix, add_special_tokens=False)["input_ids"]
+        return self.encode_plain(conversation, suffix)
+
+    def encode_plain(self, conversation: Conversation, suffix: str = "") -> list[int]:
+        """Steps 1-3 of the class docstring, whether or not the text holds special strings."""
+        hide = lambda text: self._marker_re.sub(lambda m: self._hidden[m.group()], text) if self._marker_re else text
+        text = self.render([{**m, "content": hide(m["content"])} for m in conversation])
+        if self._marker_re is not None:
+            text = self._marker_re.sub(lambda m: self._sentinel[m.group()], text)  # the template's markers
+        text = self._hidden_re.sub(lambda m: self._shown[m.group()], text) + suffix  # the content's: plain text
+        if self._clone is not None:
+            return [self._real_id.get(i, i) for i in self._clone.encode(text, add_special_tokens=False).ids]
+        ids = []
+        for k, piece in enumerate(self._sentinel_re.split(text)):  # text, id, text, id, ..., text
+            if k % 2:
+                ids.append(int(piece))
+            elif piece:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return ids
+
+
 def _device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -223,6 +325,7 @@ class LocalBackend:
         self.device = next(model.parameters()).device
         if tokenizer.chat_template is None:
             raise InputError(f"{name}: the tokenizer has no chat template; cai needs one to build conversations")
+        self.chat = ChatEncoder(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._eos_ids()
         # The prefix cache splices KV tensors of full-attention layers; models with sliding-window
@@ -271,12 +374,9 @@ class LocalBackend:
         return ids
 
     def encode(self, conversation: Conversation) -> list[int]:
-        """Token ids of a conversation; an unfinished final assistant turn is continued."""
-        cont = conversation[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of a conversation; an unfinished final assistant turn is continued. Message
+        contents are plain text: only the chat template's markers are special tokens."""
+        return self.chat.encode(conversation)
 
     # ------------------------------------------------------------ prefill
 
@@ -485,12 +585,10 @@ class LocalBackend:
 
     def _option_ids(self, conversation: Conversation, prompt: list[int], option: str) -> list[int]:
         # Tokenize in context: "...The answer is: (A)" may not split like " (A)" alone.
-        cont = conversation[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
-        full = self.tokenizer(text + option, add_special_tokens=False)["input_ids"]
+        full = self.chat.encode(conversation, suffix=option)
         if full[: len(prompt)] == prompt and len(full) > len(prompt):
             return full[len(prompt) :]
-        return self.tokenizer(option, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(option, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def _score_batch(self, prompts: list[list[int]], conversations: list[Conversation], options: list[str]) -> list[OptionScores]:
         """Each prompt is computed once, not once per option: one forward pass over the prompts (whose

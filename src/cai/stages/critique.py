@@ -203,7 +203,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         multi = sum(p.multi_turn for p in prompts)
         revised = sum(r.revision_response != r.init_response for r in records)
         summary = {"prompts": len(records), "multi_turn": multi, "revised": revised}
-        run.finish(summary, outputs, backend=backend.name)
+        run.finish(summary, outputs, backend=backend)
         total = sum(len(v) for v in plans.values())
         run.say(f"generated {total - resumed} steps ({resumed} resumed); {len(records)} conversations ({multi} multi-turn), {revised} answers revised -> {rd.critique_records}")
     return rd.stage_dir(STAGE)

@@ -130,7 +130,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         save_dataset(rd.label_dataset, [to_json(r) for r in rows])
         summary = summarize(rows, identical, len(labelled) - len(rows))
         atomic_write_text(rd.label_summary, json.dumps(summary, indent=2))
-        run.finish(summary, [rd.label_preferences, rd.label_dataset, rd.label_summary], backend=backend.name)
+        run.finish(summary, [rd.label_preferences, rd.label_dataset, rd.label_summary], backend=backend)
         bias = f"{summary['position_bias']:.1%}" if summary["position_bias"] is not None else "n/a (orders not swapped)"
         run.say(
             f"{len(rows)} labelled pairs -> {rd.label_preferences}; mean p(chosen) {summary['mean_p_chosen']:.3f}; "

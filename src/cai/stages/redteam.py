@@ -199,7 +199,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         save_dataset(rd.redteam_dataset, rows)
         counts = result.counts()
         summary = {"requests": len(requests), "unparseable_replies": unparseable, "generated": len(generated), "kept": len(rows), "dropped": counts}
-        run.finish(summary, [rd.redteam_prompts, rd.redteam_dataset], backend=backend.name)
+        run.finish(summary, [rd.redteam_prompts, rd.redteam_dataset], backend=backend)
         run.say(
             f"{len(generated)} prompts from {len(requests)} requests ({unparseable} replies unparseable); "
             f"dropped {', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}; kept {len(rows)} -> {rd.redteam_prompts}"

@@ -105,6 +105,6 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         write_records(rd.sample_pairs, pairs)
         identical = sum(p.response_a == p.response_b for p in pairs)
         multi = sum(p.multi_turn for _, p in prompts)
-        run.finish({"prompts": len(rows), "multi_turn": multi, "pairs": len(pairs), "identical_pairs": identical}, [rd.sample_responses, rd.sample_pairs], backend=backend.name)
+        run.finish({"prompts": len(rows), "multi_turn": multi, "pairs": len(pairs), "identical_pairs": identical}, [rd.sample_responses, rd.sample_pairs], backend=backend)
         run.say(f"{len(rows)} prompts ({multi} multi-turn) x {s.k} responses -> {len(pairs)} pairs ({identical} with identical responses) -> {rd.sample_pairs}")
     return rd.stage_dir(STAGE)
