@@ -322,6 +322,7 @@ class Evaluate(_Strict):
     max_new_tokens: int = Field(128, gt=0, description="Token budget of an evaluated answer.")
     batch_size: int = Field(32, gt=0, description="Conversations per generate or scoring call.", json_schema_extra=SPEED_ONLY)
     win_rate_prompts: int = Field(64, ge=0, description="Prompts per model pair for AI-judged win rates (0 = skip).")
+    ai_judge: bool = Field(True, description="Ask the AI judge whether each answer is harmful / evasive (false: oracle rates only, faster).")
 
 
 class Pipeline(_Strict):

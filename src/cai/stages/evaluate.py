@@ -54,7 +54,7 @@ from cai.templates import EVASION_QUESTION, HARM_QUESTION, judge_questions
 
 STAGE = "evaluate"
 # Fingerprint keys that may change between evaluations: stored answers and judgements are reused.
-REUSABLE = ("models", "stages", "oracle", "win_rate_prompts")
+REUSABLE = ("models", "stages", "oracle", "win_rate_prompts", "ai_judge")
 
 
 def form_of(p: Prompt) -> str:
@@ -224,6 +224,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         "stages": list(e.stages),
         "oracle": e.oracle,
         "win_rate_prompts": e.win_rate_prompts,
+        "ai_judge": e.ai_judge,
     }
     prompts = load_heldout(config, lambda m: print(f"[{STAGE}] {m}", flush=True))  # before the stage is marked running: bad input leaves no trace
     with StageRun(config, STAGE, fp, force=force, rebuildable=True, reopen_on=REUSABLE) as run:
@@ -237,7 +238,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         selected = win_rate_prompts(prompts, e.win_rate_prompts)
         pairs = list(itertools.combinations([n for n, _ in models], 2))  # (earlier, later) in stage order
         answer(run, config, models, prompts, done, hashes, backends)
-        to_judge = [k for k in answer_keys if "judge" not in done[k]]
+        to_judge = [k for k in answer_keys if "judge" not in done[k]] if e.ai_judge else []
         to_compare = []  # (key, a, b, kind, prompt, answer_a, answer_b) whose stored result is missing or stale
         for a, b in pairs:
             for kind, p in selected:
@@ -256,7 +257,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
 
         answers = [
             Answer(**{k: done[key][k] for k in ("model", "kind", "form", "category", "prompt_id", "prompt", "answer", "finish_reason")},
-                   oracle=None, p_harmless=done[key]["judge"].get("p_harmless"), p_helpful=done[key]["judge"].get("p_helpful"))
+                   oracle=None, p_harmless=done[key].get("judge", {}).get("p_harmless"), p_helpful=done[key].get("judge", {}).get("p_helpful"))
             for key in answer_keys
         ]
         extra: dict[str, Any] = {}
@@ -273,7 +274,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
                     Comparison(model_a=a, model_b=b, kind=kind, form=form_of(p), prompt_id=p.id, prompt=p.messages, p_a=c["p_a"],
                                answer_a=done[f"{a}:{kind}:{p.id}"]["answer"], answer_b=done[f"{b}:{kind}:{p.id}"]["answer"], questions=[Question(**q) for q in c["questions"]])
                 )
-        groups = [done[k]["judge"]["questions"] for k in answer_keys] + [c["questions"] for c in (done[f"win:{a}:{b}:{kind}:{p.id}"] for a, b in pairs for kind, p in selected)]
+        groups = [done[k]["judge"]["questions"] for k in answer_keys if "judge" in done[k]] + [c["questions"] for c in (done[f"win:{a}:{b}:{kind}:{p.id}"] for a, b in pairs for kind, p in selected)]
         questions = [q for g in groups for q in g]
         flips = [position_flips(g) for g in groups]
         both = sum(c for _, c in flips)
