@@ -213,6 +213,8 @@ def test_the_stage_table_shows_status_wall_time_throughput_backend_and_logs(tmp_
     finally:
         os.close(fd)
     assert not lifecycle.in_use(run) and lifecycle.stage_status(run, "ppo") == "interrupted"
+    with lifecycle.RunLock(run):  # `cai run` builds the report while it holds the run directory itself
+        assert not lifecycle.in_use(run) and ">interrupted<" in stage_row(report.build(run).read_text(), "ppo")
 
     # written elsewhere, the links still lead to the logs
     elsewhere = report.build(run, tmp_path / "pages" / "r.html").read_text()

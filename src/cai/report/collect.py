@@ -37,7 +37,6 @@ class StageRow:
 
     name: str
     help: str
-    phase: str  # "sl" | "rl" | "eval"
     status: str  # "done" | "running" | "interrupted" | "not run" (cai.lifecycle.stage_status)
     training: bool  # writes logs/<stage>/ (TensorBoard + scalars.jsonl)
     wall_s: float | None  # the finishing process's part (a resumed stage's earlier part is not counted)
@@ -46,7 +45,6 @@ class StageRow:
     tokens: int | None  # generated tokens, where the stage's summary records them
     backend: str | None  # the backend or server that produced the stage's data
     logs: Path | None  # <run_dir>/logs/<stage>/ when it exists
-    summary: dict[str, Any]  # the rest of the summary (keys without a leading "_")
 
     @property
     def items_per_s(self) -> float | None:
@@ -70,9 +68,6 @@ class RunData:
     examples: dict[str, list[dict[str, Any]]]  # "critiques", "pairs", "across": plain strings and numbers only
     totals: dict[str, int]  # how many of each example there are (the page embeds MAX_EXAMPLES at most)
 
-    def stage(self, name: str) -> StageRow:
-        return next(s for s in self.stages if s.name == name)
-
 
 def _is_training(stage: registry.Stage) -> bool:
     return f"logs/{stage.name}" in stage.writes
@@ -95,7 +90,6 @@ def stage_row(rd: RunDir, stage: registry.Stage) -> StageRow:
     return StageRow(
         name=stage.name,
         help=stage.help,
-        phase=stage.phase,
         status=status,
         training=training,
         wall_s=float(wall) if isinstance(wall, (int, float)) else None,
@@ -104,7 +98,6 @@ def stage_row(rd: RunDir, stage: registry.Stage) -> StageRow:
         tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
         backend=summary.get("_backend"),
         logs=rd.logs(stage.name) if training and rd.logs(stage.name).is_dir() else None,
-        summary={k: v for k, v in summary.items() if not k.startswith("_")},
     )
 
 

@@ -136,7 +136,7 @@ def _stage_cells(s: StageRow, page: Path) -> str:
     tok = rate(s.tokens_per_s, "tok")
     logs = f'<a href="{esc(relative_link(s.logs, page))}">logs/{esc(s.name)}/</a>' if s.logs is not None else ("–" if s.training else "")
     return (
-        f'<tr class="stage-{esc(s.name)}"><th>{esc(s.name)}</th><td class="left">{chip(s.status)}</td>'
+        f'<tr class="stage-{esc(s.name)}"><th title="{esc(s.help)}">{esc(s.name)}</th><td class="left">{chip(s.status)}</td>'
         f"<td>{duration(s.wall_s)}</td><td>{items}</td><td>{per_s}</td><td>{tok}</td>"
         f'<td class="small">{esc(s.backend) if s.backend else "–"}</td><td class="left">{logs}</td></tr>'
     )
