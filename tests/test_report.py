@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cai import lifecycle, report
+from cai import lifecycle, registry, report
 from cai.config import Config
 from cai.errors import InputError
 from cai.lifecycle import StageRun
@@ -128,7 +128,9 @@ def synthetic_run(run: Path, clock: Clock) -> Path:
         atomic_write_text(rd.metrics("sft"), json.dumps({"train_loss": 0.6, "steps": 20, "examples": {"revisions": 2, "helpful": 2}, "lora": True, "model": "toy/model"}))
 
     finish(cfg, clock, "sft", 40.0, {"train_loss": 0.6, "revisions": 2, "helpful": 2, "steps": 20}, [rd.metrics("sft")], "local: toy/model", sft)
-    finish(cfg, clock, "sample", 3.0, {"prompts": 12, "pairs": 72}, [], "openai: http://gpu-box:8000/v1?model=a&b")
+    # a backend's counters, as StageRun.finish records them for a backend object ("_backend_stats")
+    finish(cfg, clock, "sample", 3.0, {"prompts": 12, "pairs": 72, "_backend_stats": {"requests": 72, "retries": 0, "completion_tokens": 3600}}, [],
+           "openai: http://gpu-box:8000/v1?model=a&b")
 
     prefs = [preference(i, p, i % 2 == 0, [user(f"question {i}")]) for i, p in enumerate([0.55, 0.62, 0.71, 0.93, 0.97, 1.0])]
     prefs[1] = preference(1, 0.62, False, [user("earlier request"), assistant("earlier answer"), user("question 1")])
@@ -187,14 +189,15 @@ def test_the_stage_table_shows_status_wall_time_throughput_backend_and_logs(tmp_
     run = synthetic_run(tmp_path / "run", clock)
     page = report.build(run).read_text()
     table = between(page, 'id="stage-table"', "</table>")
-    assert [m for m in re.findall(r'<tr class="stage-([a-z]+)">', table)] == ["critique", "sft", "sample", "label", "pm", "ppo", "dpo", "evaluate"]  # registry order
+    assert re.findall(r'<tr class="stage-([a-z]+)">', table) == [s.name for s in registry.STAGES]  # every stage, in registry order
+    assert all(">not run<" in stage_row(page, s.name) for s in registry.STAGES if s.name not in ("critique", "sft", "sample", "label", "pm", "ppo", "evaluate"))
     critique = stage_row(page, "critique")
     assert ">done<" in critique and "10.0 s" in critique and "2 prompts" in critique and "0.2 prompts/s" in critique and "50 tok/s" in critique
     assert "local: toy/model" in critique and "logs/" not in critique  # not a training stage
     sft = stage_row(page, "sft")
     assert "40.0 s" in sft and "20 steps" in sft and "0.5 steps/s" in sft and '<a href="logs/sft/">logs/sft/</a>' in sft
     assert "openai: http://gpu-box:8000/v1?model=a&amp;b" in stage_row(page, "sample") and "24 prompts/s" not in page  # 12 prompts in 3 s
-    assert "4 prompts/s" in stage_row(page, "sample")
+    assert "4 prompts/s" in stage_row(page, "sample") and "1,200 tok/s" in stage_row(page, "sample")  # 3600 completion tokens in 3 s
     assert "0.75 pairs/s" in stage_row(page, "label")
     assert "2 steps/s" in stage_row(page, "pm") and '<a href="logs/pm/">' in stage_row(page, "pm") and "local: runs/x/sft/model" in stage_row(page, "pm")
     ppo = stage_row(page, "ppo")
@@ -285,7 +288,7 @@ def test_a_partial_run_shows_what_has_not_run(tmp_path, clock):
     run = tmp_path / "run"
     run.mkdir()
     page = report.build(run).read_text()  # an empty run directory: no config, no store
-    assert page.count(">not run<") >= 8 and "No config.yaml" in page
+    assert page.count(">not run<") >= len(registry.STAGES) and "No config.yaml" in page
     for how in ("cai evaluate CONFIG", "cai ppo CONFIG", "cai pm CONFIG", "cai label CONFIG"):
         assert how in page
     # only a critique stage has run
@@ -293,7 +296,7 @@ def test_a_partial_run_shows_what_has_not_run(tmp_path, clock):
     finish(cfg, clock, "critique", 2.0, {"prompts": 1}, [rd.critique_records], "local: toy/model",
            lambda: write_records(rd.critique_records, [critique_record(0, [], "q", "c")]))
     page = report.build(run, tmp_path / "elsewhere.html").read_text()
-    assert ">done<" in stage_row(page, "critique") and all(">not run<" in stage_row(page, s) for s in ("sft", "sample", "label", "pm", "ppo", "dpo", "evaluate"))
+    assert ">done<" in stage_row(page, "critique") and all(">not run<" in stage_row(page, s.name) for s in registry.STAGES if s.name != "critique")
     assert (tmp_path / "elsewhere.html").is_file() and len(embedded(page)["critiques"]) == 1
     # NaN (a preference model with no decided held-out pair) is shown as a dash, never drawn
     atomic_write_text(rd.metrics("pm"), '{"held_out": {"accuracy": NaN, "ece": NaN}, "held_out_initial": {"accuracy": 0.5}}')

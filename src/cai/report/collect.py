@@ -26,9 +26,10 @@ from cai.yamlio import load_json, load_yaml
 
 MAX_EXAMPLES = 500  # examples per browser tab embedded in the page (keeps the file small on big runs)
 # What a stage's items are, from its summary: a training stage counts optimizer steps; a stage that
-# generates or labels counts the first of these it recorded (critique, sample: prompts; label: pairs).
+# generates or labels counts the first of these it recorded (critique, sample: prompts; label: pairs;
+# redteam: generation requests).
 TRAINING_ITEMS = "steps"
-DATA_ITEMS = ("prompts", "pairs", "answers")
+DATA_ITEMS = ("prompts", "pairs", "answers", "requests")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class StageRow:
     wall_s: float | None  # the finishing process's part (a resumed stage's earlier part is not counted)
     items: int | None
     unit: str | None  # what `items` counts: "steps", "prompts", "pairs", ...
-    tokens: int | None  # generated tokens, where the stage's summary records them
+    tokens: int | None  # generated tokens: the summary's "tokens", else its backend's completion_tokens counter
     backend: str | None  # the backend or server that produced the stage's data
     logs: Path | None  # <run_dir>/logs/<stage>/ when it exists
 
@@ -86,7 +87,7 @@ def stage_row(rd: RunDir, stage: registry.Stage) -> StageRow:
     training = _is_training(stage)
     items, unit = _items(summary, training)
     wall = summary.get("_wall_s")
-    tokens = summary.get("tokens")
+    tokens = summary.get("tokens", (summary.get("_backend_stats") or {}).get("completion_tokens"))
     return StageRow(
         name=stage.name,
         help=stage.help,
@@ -95,7 +96,7 @@ def stage_row(rd: RunDir, stage: registry.Stage) -> StageRow:
         wall_s=float(wall) if isinstance(wall, (int, float)) else None,
         items=items,
         unit=unit,
-        tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0 else None,
         backend=summary.get("_backend"),
         logs=rd.logs(stage.name) if training and rd.logs(stage.name).is_dir() else None,
     )
