@@ -149,7 +149,7 @@ def section_stages(run: RunData, page: Path) -> str:
     hint = ""
     if todo:
         hint = '<p class="note">' + "; ".join(f"{esc(s.name)}: <code>{esc(how(s.name))}</code>" for s in todo) + " (or <code>cai run CONFIG</code>: it skips what is done and resumes what was interrupted).</p>"
-    logs_root = RunDir(run.root).logs_root
+    logs_root = RunDir(run.root.resolve()).logs_root  # absolute: the page may be opened from anywhere
     return (
         '<section id="stages"><h2>Stages</h2>'
         '<table id="stage-table" class="data"><thead><tr><th>stage</th><th class="left">status</th><th>wall time</th><th>items</th>'
