@@ -290,3 +290,42 @@ def stage_summary(run_dir: str | Path, stage: str) -> dict[str, Any]:
     with RunStore(rd.root) as store:
         info = store.stage(stage)
     return (info or {}).get("summary", {}) if info and info["status"] == "done" else {}
+
+
+def in_use(run_dir: str | Path) -> bool:
+    """True if another process holds the run directory's lock now (a stage is working on it).
+
+    The probe takes a shared flock and drops it at once: it never waits, and a `cai` process that
+    starts in that instant is told the run is in use (exit 2) rather than racing it."""
+    root = Path(run_dir).resolve()
+    if root in _HELD:
+        return False  # this process holds it (`cai run` building the report): no stage is running
+    path = RunDir(root).lock
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # releases the shared lock if we got it
+    return False
+
+
+def stage_status(run_dir: str | Path, stage: str) -> str:
+    """Where a stage stands in the run store: "done"; "running" (started, not finished, and a
+    process holds the run directory now); "interrupted" (started, not finished, nobody on it: run
+    the stage again to resume it); or "not run"."""
+    rd = RunDir(run_dir)
+    if not rd.store.is_file():
+        return "not run"
+    with RunStore(rd.root) as store:
+        info = store.stage(stage)
+    if info is None:
+        return "not run"
+    if info["status"] == "done":
+        return "done"
+    return "running" if in_use(rd.root) else "interrupted"

@@ -75,9 +75,18 @@ class RunDir:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def logs_root(self) -> Path:
+        """Every training stage's logs (`tensorboard --logdir` this)."""
+        return self.root / "logs"
+
     def logs(self, stage: str) -> Path:
         """Training logs of a stage: TensorBoard event files and scalars.jsonl."""
-        return self.root / "logs" / stage
+        return self.logs_root / stage
+
+    def scalars(self, stage: str) -> Path:
+        """A training stage's logged scalars, one JSON object per step (cai.trainlog)."""
+        return self.logs(stage) / "scalars.jsonl"
 
     def model(self, name: str) -> Path:
         """The model a stage made (`sft`, `pm`, `ppo`, `dpo`): safetensors + tokenizer."""
