@@ -17,7 +17,7 @@ No other module writes a path inside a run directory as a literal: they ask this
       sample/            responses.jsonl, pairs.jsonl                  (k answers per prompt, paired)
       label/             preferences.jsonl, dataset/, summary.json     (AI preference labels)
       pm/                model/, metrics.json, checkpoints/            (the preference model)
-      ppo/               model/, metrics.json, log.csv, checkpoints/   (RL-CAI, PPO)
+      ppo/               model/, metrics.json, checkpoints/            (RL-CAI, PPO)
       dpo/               model/, metrics.json, checkpoints/            (RL-CAI, DPO)
       evaluate/          metrics.json, answers.jsonl, comparisons.jsonl
       report.html
@@ -144,11 +144,6 @@ class RunDir:
     @property
     def label_summary(self) -> Path:
         return self.root / "label" / "summary.json"
-
-    # ------------------------------------------------------------ ppo
-    @property
-    def ppo_log(self) -> Path:
-        return self.root / "ppo" / "log.csv"
 
     # ------------------------------------------------------------ evaluate
     @property

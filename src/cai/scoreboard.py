@@ -69,14 +69,6 @@ def elo(outcomes: Sequence[tuple[str, str, float]], models: Sequence[str], prior
     return {m: ELO_BASE + ELO_SCALE * math.log10(s[idx[m]]) for m in models}
 
 
-def win_rates(comparisons: Sequence[dict]) -> tuple[dict[str, float], dict[str, int]]:
-    """{"b vs a": mean p(b better)}, and the number of prompts behind each, from comparison rows."""
-    sums: dict[str, list[float]] = {}
-    for c in comparisons:
-        sums.setdefault(f"{c['model_b']} vs {c['model_a']}", []).append(1 - c["p_a"])
-    return {k: sum(v) / len(v) for k, v in sums.items()}, {k: len(v) for k, v in sums.items()}
-
-
 def win_rates(comparisons: Sequence[Comparison]) -> tuple[dict[str, float], dict[str, int]]:
     """{"b vs a": mean p(b better)}, and the number of prompts behind each."""
     sums: dict[str, list[float]] = {}

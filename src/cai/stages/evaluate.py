@@ -297,7 +297,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         atomic_write_text(rd.evaluate_metrics, json.dumps(result, indent=2))
         last = models[-1][0]
         r = headline_rates(result["models"][last])
-        summary = {"model": last, "harmful": r["harmful"], "helpful": r["helpful"], "evasive": r["evasive"], "judged_by": "oracle" if e.oracle == "toyworld" else "AI judge"}
+        summary = {"answers": len(answers), "model": last, "harmful": r["harmful"], "helpful": r["helpful"], "evasive": r["evasive"], "judged_by": "oracle" if e.oracle == "toyworld" else "AI judge"}
         run.finish(summary, [rd.evaluate_metrics, rd.evaluate_answers, rd.evaluate_comparisons], backend=getattr(jspec, "path", None) or jspec.model)
         if result.get("preference_model"):
             pmo = result["preference_model"]
