@@ -11,7 +11,8 @@ Every training stage (sft, pm, ppo, dpo) writes:
 and, when `logging.report_to` names them, a wandb or trackio run named "<run_dir>/<stage>".
 TRL's trainers (sft, dpo) log through `TrainLogCallback`; their own `report_to` is off, so nothing
 else writes logs anywhere. On resume, rows after the checkpoint's step are dropped, so a step is
-never logged twice.
+never logged twice. With several processes only the main one writes; the values it logs are
+reduced over every process (TRL's trainers gather them, pm and ppo all-reduce them).
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ class TrainLog:
             self._trackio = trackio.init(project=project, name=name, resume="allow")
 
     @classmethod
-    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool = True) -> "TrainLog":
-        """The log of a stage of a run: <run_dir>/logs/<stage>/, with the config's logging settings."""
+    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool | None = None) -> "TrainLog":
+        """The log of a stage of a run: <run_dir>/logs/<stage>/, with the config's logging settings.
+        Written by the main process only (enabled=None: whether this is it)."""
+        from cai import distributed
+
         lc = config.logging
+        enabled = distributed.is_main() if enabled is None else enabled
         return cls(RunDir(config.run_dir).logs(stage), resume_step, tuple(lc.report_to), lc.project, f"{config.run_dir}/{stage}", enabled)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -103,6 +108,7 @@ def trainer_callback(log: TrainLog, desc: str):
     (use `quiet(trainer)` to remove the Trainer's own printing of every log dict)."""
     from transformers import TrainerCallback
 
+    from cai import distributed
     from cai.console import progress
 
     class TrainLogCallback(TrainerCallback):
@@ -113,6 +119,10 @@ def trainer_callback(log: TrainLog, desc: str):
                 self.bar = progress(total=state.max_steps, initial=state.global_step, desc=desc, unit="step")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "train_loss" in logs:
+                # The Trainer's closing train_loss adds the loss since its last log unreduced: each
+                # process has its own; the mean over processes is the run's. (Every process is here.)
+                logs = logs | {"train_loss": distributed.mean_over_processes(logs["train_loss"])}
             if logs and state.is_world_process_zero:
                 log.log(state.global_step, {f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))})
 
