@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class TrainLog:
         self.enabled = enabled  # False on every process but the main one of a distributed run
         self.path = self.dir / "scalars.jsonl"
         self._tb = self._wandb = self._trackio = None
+        self._last: tuple[int, dict[str, float], int] | None = None  # (step, row, file offset of its line)
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -65,11 +67,24 @@ class TrainLog:
         return cls(RunDir(config.run_dir).logs(stage), resume_step, tuple(lc.report_to), lc.project, f"{config.run_dir}/{stage}", enabled)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Log `scalars` at `step`. A second call at the same step (a trainer's closing summary)
+        joins the step's row, and only scalars not yet logged at that step go to the trackers."""
         if not self.enabled:
             return
         row = {"step": int(step)} | {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}) + "\n")
+        new = row  # what the trackers have not seen at this step
+        with open(self.path, "rb+" if self.path.exists() else "wb") as f:
+            if self._last is not None and self._last[0] == row["step"]:  # rewrite the step's line, joined
+                _, earlier, offset = self._last
+                new = {k: v for k, v in row.items() if k not in earlier}
+                row = earlier | row
+            else:
+                offset = f.seek(0, os.SEEK_END)
+            f.seek(offset)
+            f.truncate()
+            f.write((json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}) + "\n").encode())
+        self._last = (row["step"], row, offset)
+        row = {"step": row["step"]} | new
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and math.isfinite(v):

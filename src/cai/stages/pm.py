@@ -45,7 +45,7 @@ from typing import Any, Callable
 import torch
 
 from cai import distributed
-from cai.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cai.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from cai.config import Config, LocalModel
 from cai.console import progress
 from cai.errors import InputError
@@ -191,9 +191,11 @@ def train(config: Config, model, tokenizer, params, optimizer, pairs: list[Prefe
             if done % config.logging.every_steps == 0 or done == total or done == 1:
                 log.log(done, {"train/loss": step_loss, "train/accuracy": agree / n_pairs, "train/grad_norm": float(grad_norm), "train/learning_rate": lr})
             bar.update(1, note=f"loss {step_loss:.4f}")
-            if done % c.save_steps == 0 and done < total and distributed.is_main():
-                trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-                save_checkpoint(rd.checkpoints(STAGE), done, {"trainable": trainable}, optimizer, state)
+            if done % c.save_steps == 0 and done < total:
+                rngs = distributed.gather_objects(rng_state())  # (every process takes part; the main one writes)
+                if distributed.is_main():
+                    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+                    save_checkpoint(rd.checkpoints(STAGE), done, {"trainable": trainable}, optimizer, state, rngs)
             if on_step is not None:
                 on_step(done)
     finally:

@@ -73,7 +73,7 @@ from cai.config import PPO, Config, LoRA
 from cai.console import progress
 from cai.errors import InputError
 from cai.lifecycle import StageRun, file_hash, identity, model_identity, source_identity, stable_seed
-from cai.losses import gae, kl_penalised_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
+from cai.losses import gae, kl_penalised_rewards, ppo_policy_loss, ppo_value_loss
 from cai.records import Conversation, assistant
 from cai.rundir import RunDir, model_origin, rl_prompt_sources, starting_model
 from cai.store import atomic_write_text
