@@ -219,11 +219,14 @@ def test_cai_launch_refuses_before_starting_anything(tmp_path, monkeypatch, caps
 
 
 def test_accelerate_configs_are_yaml_and_open_with_their_command():
+    from accelerate.commands.config.config_args import ClusterConfig
+
     files = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
     assert {f.name for f in files} >= {"multi-gpu.yaml", "ddp.yaml", "zero2.yaml", "zero3.yaml", "fsdp.yaml"}
     for f in files:
         text = f.read_text()
         assert text.startswith("# ") and "accelerate launch --config_file configs/accelerate/" + f.name in text.splitlines()[0] + text.splitlines()[1], f
+        ClusterConfig.from_yaml_file(str(f))  # what `accelerate launch --config_file` reads: unknown keys raise
         cfg = yaml.safe_load(text)
         assert cfg["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP") and cfg["num_processes"] >= 1, f
         if cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == 3:
