@@ -27,7 +27,7 @@ import argparse
 import os
 import sys
 
-from cai.errors import InputError, handle
+from cai.errors import EXIT_INTERRUPTED, InputError, handle
 
 SET_HELP = "override a config key, e.g. --set critique.revisions=2 (repeatable)"
 
@@ -141,12 +141,16 @@ def launch(args: argparse.Namespace) -> int:
         raise InputError(f"--nproc {args.nproc}: give at least 1 process")
     load_config(args.config, args.overrides)  # a bad config is one error here, not one per process
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if os.environ.get("CAI_VERBOSE") != "1":
         # torchrun's agent logs every worker's exit and its own SIGTERMs; the workers print the
-        # error itself, and the line below says which process failed.
-        logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+        # error itself, and the line below says which process failed. (Its loggers set their own
+        # levels, so each is quieted by name.)
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     command = ["--standalone", f"--nproc-per-node={args.nproc}", "-m", "cai.cli", stage.name, args.config]
     command += [f"--set={o}" for o in args.overrides] + (["--force"] if args.force else [])
     try:
@@ -160,6 +164,8 @@ def launch(args: argparse.Namespace) -> int:
             why = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {code}"
             print(f"cai launch: {stage.name} failed on rank {rank} ({why}); its output above says why", file=sys.stderr)
         return code
+    except SignalException as e:  # Ctrl-C or a kill: torchrun passed it on (the main process says so) and stopped them
+        return 128 + int(e.sigval)
     return 0
 
 
@@ -245,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
     except distributed.MainFailed as e:
         return e.code  # the main process failed and reports why; this one follows it out
-    except (Exception, KeyboardInterrupt) as e:
+    except KeyboardInterrupt as e:
+        return handle(e) if distributed.is_main() else EXIT_INTERRUPTED  # Ctrl-C reaches every process; one says so
+    except Exception as e:
         return handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
     distributed.close()
     return 0

@@ -124,6 +124,8 @@ def init() -> None:
         if not os.environ.get(var):
             raise InputError(f"{var} is not set: launch several processes with `cai launch`, torchrun or accelerate launch, which set it")
     if torch.cuda.is_available():
+        if local_rank() >= torch.cuda.device_count():
+            raise InputError(f"process {local_rank()} of this machine has no GPU of its own ({torch.cuda.device_count()} visible): launch one process per GPU")
         torch.cuda.set_device(local_rank())  # "cuda" now means this process's GPU
         backend = "cpu:gloo,cuda:nccl"
     else:
