@@ -451,20 +451,25 @@ def test_a_second_launch_on_a_run_dir_in_use_stops_with_one_error(tmp_path, tiny
 # ---------------------------------------------------------------- ppo: each process its share, statistics over both
 
 PPO_PROBE = """
-import json, sys
+import json, os, signal, sys
 from cai import distributed
 from cai.config import load_config
 from cai.stages import ppo
 
 distributed.init()
-out = open(sys.argv[2] + f"/scores.rank{distributed.rank()}.jsonl", "w")
+out = open(sys.argv[2] + f"/scores.rank{distributed.rank()}.jsonl", "a")
+kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else None  # SIGKILL the main process in this step's rollout
 real = ppo.pm_reward_fn
+calls = []
 
 def recording(pm, tokenizer):  # the preference model's scores, as each process computes them for its share
     score = real(pm, tokenizer)
     def fn(prompts, responses):
+        calls.append(1)
+        if kill_at is not None and distributed.is_main() and len(calls) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         s = score(prompts, responses)
-        out.write(json.dumps({"prompts": [p[-1]["content"] for p in prompts], "scores": s.tolist()}) + "\\n")
+        out.write(json.dumps({"prompts": [p[-1]["content"] for p in prompts], "responses": responses, "scores": s.tolist()}) + "\\n")
         out.flush()
         return s
     return fn
@@ -476,6 +481,8 @@ distributed.close()
 
 
 def test_ppo_on_two_processes_logs_each_step_once_with_both_processes_statistics(tmp_path, tiny_model_dir):
+    """Each process scores its 2 of the step's 4 prompts (recorded by the probe); the log has each
+    step once, with the statistics of all 4; a run killed mid-step resumes to the same numbers."""
     from cai.stages.ppo import adaptive_kl_coef
 
     run_dir = tmp_path / "run"
@@ -517,3 +524,21 @@ def test_ppo_on_two_processes_logs_each_step_once_with_both_processes_statistics
     assert differ, "the processes' scores never differed: the test could not tell a local mean from the global one"
     for prev, row in zip(rows, rows[1:]):  # beta adapted from the KL over both processes, with the global rollout batch
         assert row["objective/kl_coef"] == pytest.approx(adaptive_kl_coef(prev["objective/kl_coef"], prev["objective/kl"], 0.5, 100, 4), rel=1e-9)
+
+    # Killed in step 3's rollout (checkpoint at 2), resumed on 2 processes: each restores its own
+    # sampling RNG, so step 3 samples the same answers and logs the same numbers.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    config2 = tmp_path / "ppo2.yaml"
+    config2.write_text(config.read_text().replace(f"run_dir: {run_dir}", f"run_dir: {tmp_path / 'run2'}"))
+    make_pm(tiny_model_dir, tmp_path / "run2" / "pm" / "model")
+    assert torchrun("probe.py", str(config2), str(resumed), "3", cwd=tmp_path).returncode != 0
+    assert [p.name for p in (tmp_path / "run2" / "ppo" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    ok(torchrun("probe.py", str(config2), str(resumed), cwd=tmp_path))
+    again = assert_written_once(tmp_path / "run2", "ppo")
+    assert [r["step"] for r in again] == [1, 2, 3]
+    for key in set(rows[0]) - {"step", "time/step_s"}:
+        assert [r[key] for r in again] == pytest.approx([r[key] for r in rows], rel=1e-4, abs=1e-5), key
+    for r in range(2):
+        lines = [json.loads(line) for line in (resumed / f"scores.rank{r}.jsonl").read_text().splitlines()]
+        assert lines[-1]["responses"] == shares[r][2]["responses"]  # the same answers sampled in step 3
