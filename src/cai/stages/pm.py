@@ -261,7 +261,7 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
             "train_loss_last_10pct": sum(losses[-k:]) / k,
             "held_out": held,
             "held_out_initial": state["held_out_initial"],
-            "batch": {"processes": distributed.world_size(), "micro": c.batch_size, "global": c.batch_size * c.grad_accum},
+            "batch": {"processes": distributed.world_size(), "per_device": c.batch_size, "global": c.batch_size * c.grad_accum},  # (per_device: the largest micro-batch)
             "model": spec.path,
             "lora": c.lora is not None,
             "train_runtime_s": round(time.perf_counter() - t0, 1),
