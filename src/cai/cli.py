@@ -250,13 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         run_command(args)
         sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
     except distributed.MainFailed as e:
-        return e.code  # the main process failed and reports why; this one follows it out
+        code = e.code  # the main process failed and reports why; this one follows it out
     except KeyboardInterrupt as e:
         return handle(e) if distributed.is_main() else EXIT_INTERRUPTED  # Ctrl-C reaches every process; one says so
     except Exception as e:
-        return handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
-    distributed.close()
-    return 0
+        code = handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
+        if not isinstance(e, InputError):
+            return code  # (leave at once: the other processes may be waiting in a collective; torchrun stops them)
+    else:
+        code = 0
+    distributed.close()  # (left open, the process group's threads can abort the exit)
+    return code
 
 
 if __name__ == "__main__":

@@ -198,11 +198,13 @@ def main_decides(fn: Callable[[], T]) -> T:
 
             code = 2 if isinstance(e, InputError) else EXIT_INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1
             broadcast_object(("failed", code))
+            barrier()  # every process has the news before any of them leaves
             raise
         broadcast_object(("ok", result))
         return result
     status, value = broadcast_object(None)
     if status == "failed":
+        barrier()
         raise MainFailed(value)
     return value
 
