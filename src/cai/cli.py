@@ -10,20 +10,27 @@
     cai toyworld train | baseline | prompts    the offline toy world
     cai config keys                       every config key with its type, default and help
     cai config show CONFIG [--set ...]    the resolved config
+    cai launch --nproc N STAGE CONFIG [--set ...] [--force]
+                                          a training stage (sft, pm, ppo, dpo) data-parallel on N
+                                          processes of this machine (torchrun, standalone)
 
 Exit codes: 0 done, 2 bad input (the message says what to fix), 1 failure, 130 interrupted.
 Expected failures print one line; CAI_DEBUG=1 prints the traceback too.
+
+Launched as one of several processes (`cai launch`, torchrun, accelerate launch), `cai STAGE` joins
+the others (cai.distributed) for the training stages and refuses every other command: generation
+runs in one process, faster through several model servers (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from cai.errors import InputError, handle
+from cai.errors import EXIT_INTERRUPTED, InputError, handle
 
 SET_HELP = "override a config key, e.g. --set critique.revisions=2 (repeatable)"
-
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="the run's YAML config")
@@ -54,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", metavar="STAGE", help="start each seed's run at this stage")
     p.add_argument("--until", metavar="STAGE", help="stop each seed's run after this stage")
 
+    p = sub.add_parser(
+        "launch", help="run a training stage (sft, pm, ppo, dpo) data-parallel on N processes of this machine",
+        description="Run a training stage data-parallel on N processes of this machine: a thin wrapper over "
+        "`python -m torch.distributed.run --standalone --nproc-per-node N -m cai.cli STAGE CONFIG ...`. "
+        "The global batch is the config's (batch_size x grad_accum), whatever N; see docs/scale.md.",
+    )
+    p.add_argument("--nproc", type=int, required=True, metavar="N", help="processes: one per GPU; on a CPU, a few (each uses OMP_NUM_THREADS threads, 1 unless set)")
+    p.add_argument("stage_name", metavar="STAGE", help=f"one of {', '.join(registry.DATA_PARALLEL)}")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
+
     p = sub.add_parser("report", help="write <run_dir>/report.html: metrics, plots and examples in one offline page")
     p.add_argument("run_dir")
 
@@ -79,10 +97,91 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_process_only(command: str) -> str:
+    """Why `command` does not run on several processes, and what to do instead."""
+    from cai.registry import DATA_PARALLEL
+
+    parallel = ", ".join(DATA_PARALLEL)
+    if command == "run":
+        return (
+            "cai run mixes generation stages, which run in one process, with training stages: run the stages one by one, "
+            f"`cai launch --nproc N STAGE CONFIG` for {parallel} and `cai STAGE CONFIG` for the others (docs/scale.md)"
+        )
+    if command in ("redteam", "critique", "sample", "label", "evaluate", "seeds"):
+        return (
+            f"{command} generates text and runs in one process: only {parallel} run on several processes. To generate "
+            "faster, serve the model on several OpenAI-compatible servers (vLLM, SGLang, ...) and list them in the model "
+            "spec, `base_url: [http://host1:8000/v1, http://host2:8000/v1]`, then run `cai " + command + " CONFIG` "
+            "in one process (docs/scale.md)"
+        )
+    return f"{command} runs in one process: only {parallel} run on several processes (cai launch --nproc N STAGE CONFIG)"
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Refuse, before anything starts, what cannot run on the processes this one was launched with."""
+    from cai import distributed
+
+    problem = distributed.single_process_launch_problem()
+    if distributed.world_size() == 1 and problem is None:
+        return
+    stage = getattr(args, "stage", None)
+    if stage is None or not stage.data_parallel:
+        raise InputError(one_process_only(stage.name if stage is not None else args.command))
+    if problem is not None:
+        raise InputError(problem)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """`cai launch`: torchrun, standalone on this machine, running `cai STAGE CONFIG` in each
+    process. Returns the exit code: the failing process's (2 for bad input), 0 when all succeed."""
+    import logging
+
+    from cai import registry
+    from cai.config import load_config
+
+    stage = registry.stage(args.stage_name)
+    if not stage.data_parallel:
+        raise InputError(one_process_only(stage.name))
+    if args.nproc < 1:
+        raise InputError(f"--nproc {args.nproc}: give at least 1 process")
+    load_config(args.config, args.overrides)  # a bad config is one error here, not one per process
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if os.environ.get("CAI_VERBOSE") != "1":
+        # torchrun's agent logs every worker's exit and its own SIGTERMs; the workers print the
+        # error itself, and the line below says which process failed. (Its loggers set their own
+        # levels, so each is quieted by name.)
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+    command = ["--standalone", f"--nproc-per-node={args.nproc}", "-m", "cai.cli", stage.name, args.config]
+    command += [f"--set={o}" for o in args.overrides] + (["--force"] if args.force else [])
+    try:
+        torchrun.run(torchrun.parse_args(command))
+    except ChildFailedError as e:
+        # The process that failed by itself (exit code > 0), not the ones the agent then stopped.
+        own = sorted((r, f) for r, f in e.failures.items() if f.exitcode > 0)
+        rank, failure = own[0] if own else e.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # killed by signal N: 128 + N
+        if code != 2:  # (bad input: the process printed what to fix)
+            why = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {code}"
+            print(f"cai launch: {stage.name} failed on rank {rank} ({why}); its output above says why", file=sys.stderr)
+        return code
+    except SignalException as e:  # Ctrl-C or a kill: torchrun passed it on (the main process says so) and stopped them
+        return 128 + int(e.sigval)
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> None:
     from cai.config import load_config
 
-    if args.command == "run":
+    if args.command == "launch":
+        code = launch(args)
+        if code:
+            raise SystemExit(code)
+    elif args.command == "run":
         from cai import pipeline
 
         pipeline.run(load_config(args.config, args.overrides), start=args.start, until=args.until, force=args.force)
@@ -146,16 +245,31 @@ def run_command(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cai import distributed
     from cai.console import quiet_third_party
 
     args = _parser().parse_args(argv)
     quiet_third_party()
     try:
+        preflight(args)
+    except InputError as e:  # every process refuses alike: the main one says why
+        return handle(e) if distributed.is_main() else 2
+    try:
+        distributed.init()  # (one of several processes: join the others)
         run_command(args)
         sys.stdout.flush()  # a closed pipe shows up here when the output fit in the buffer
-    except (Exception, KeyboardInterrupt) as e:
-        return handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
-    return 0
+    except distributed.MainFailed as e:
+        code = e.code  # the main process failed and reports why; this one follows it out
+    except KeyboardInterrupt as e:
+        return handle(e) if distributed.is_main() else EXIT_INTERRUPTED  # Ctrl-C reaches every process; one says so
+    except Exception as e:
+        code = handle(e)  # one line for expected failures, a traceback for bugs (cai.errors)
+        if not isinstance(e, InputError):
+            return code  # (leave at once: the other processes may be waiting in a collective; torchrun stops them)
+    else:
+        code = 0
+    distributed.close()  # (left open, the process group's threads can abort the exit)
+    return code
 
 
 if __name__ == "__main__":

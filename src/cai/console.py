@@ -96,8 +96,23 @@ class _Bar:
         self.bar.close()
 
 
+class _Silent:
+    """The progress of a process that is not the main one of several: the main one shows it."""
+
+    def update(self, n: float = 1, note: str | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def progress(total: float, desc: str, unit: str = "item", initial: float = 0):
-    """A progress bar in a terminal, periodic one-line updates otherwise (see the module docstring)."""
+    """A progress bar in a terminal, periodic one-line updates otherwise (see the module docstring);
+    nothing on the processes other than the main one of a distributed run."""
+    from cai import distributed
+
+    if not distributed.is_main():
+        return _Silent()
     if interactive():
         return _Bar(total, desc, unit, initial)
     return _Lines(total, desc, unit, initial, float(os.environ.get("CAI_PROGRESS_S", "30")))

@@ -20,6 +20,11 @@
 - the resolved config, saved as `<run_dir>/config.yaml`;
 - wall time, and the summary the stage reports (with the backend that produced its data).
 
+With several processes (a training stage under `cai launch`, torchrun or accelerate), only the main
+process takes the lock, opens the store and decides; the others wait for its decision (`complete`,
+or its error) and, at the end, for its writes: leaving the `with` block is a barrier. Stage code
+writes outputs and calls `finish` under `if run.main:`.
+
 Fingerprints: `identity(section)` is a config section minus its speed-only fields, the fields whose
 config help says they change how fast a stage runs, not what it produces (batch sizes of
 generation, concurrency, retries, prefix caches: marked `speed_only` in cai.config), so they may
@@ -39,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from cai import distributed
 from cai.errors import InputError
 from cai.rundir import RunDir
 from cai.store import RunStore
@@ -183,6 +189,8 @@ class StageRun:
 
     complete: True if the stage had already finished under the same fingerprint and its outputs
       are intact: the caller returns at once.
+    main: True in the process that writes the run directory (the only one, or rank 0 of several);
+      `store` is None in the others.
     """
 
     def __init__(
@@ -200,6 +208,7 @@ class StageRun:
         self.clear = tuple(clear)  # extra run-store stages this one owns (e.g. "sft-helpful"), cleared by --force
         self.rd = RunDir(config.run_dir)
         self.complete = False
+        self.main = distributed.is_main()
         self.store: RunStore | None = None
         self._lock = RunLock(config.run_dir)
         self._t0 = 0.0
@@ -208,23 +217,36 @@ class StageRun:
         from cai.console import quiet_third_party
 
         quiet_third_party()
+        # The main process decides (lock, fingerprint, --force, already complete); the others wait
+        # for its answer, or stop with it if it failed (a run_dir in use, a changed config).
+        self.complete = distributed.main_decides(self._open)
+        return self
+
+    def _open(self) -> bool:
         self._lock.__enter__()
         try:
             self.store = RunStore(self.rd.root)
             self._begin()
         except BaseException:
-            self.__exit__(None, None, None)
+            self._close()
             raise
-        return self
+        return self.complete
 
-    def __exit__(self, *exc) -> None:
+    def _close(self) -> None:
         if self.store is not None:
             self.store.close()
             self.store = None
         self._lock.__exit__()
 
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.main:
+            self._close()
+        if exc_type is None:
+            distributed.barrier()  # the others leave once the main process has written everything
+
     def say(self, message: str) -> None:
-        print(f"[{self.stage}] {message}", flush=True)
+        if self.main:
+            print(f"[{self.stage}] {message}", flush=True)
 
     def _begin(self) -> None:
         prev = self.store.stage(self.stage)
@@ -264,9 +286,11 @@ class StageRun:
         """Mark the stage done: its summary (shown by `cai run` and the report), wall time, the
         backend that made its data (a name, or a backend: its name and its counters: tokens,
         retries, neutralised markers, ...), and the size and hash of each output (checked on
-        every rerun)."""
+        every rerun). Main process only."""
         import dataclasses
 
+        if not self.main:
+            raise RuntimeError("StageRun.finish: only the main process records a stage (call it under `if run.main:`)")
         info = {
             "_outputs": {str(Path(p).relative_to(self.rd.root)): output_record(Path(p)) for p in outputs},
             "_wall_s": round(time.time() - self._t0, 1),  # this process's part (a resumed stage's earlier part is not counted)

@@ -28,6 +28,7 @@ class Stage:
     run: Callable  # run(config, force=False) -> the stage's directory
     phase: str  # "sl" | "rl" | "eval": which part of the paper
     aliases: tuple[str, ...] = ()
+    data_parallel: bool = False  # trains on several processes (cai launch); the others generate text in one
 
 
 STAGES: tuple[Stage, ...] = (
@@ -47,7 +48,7 @@ STAGES: tuple[Stage, ...] = (
         "sft", "SL-CAI: fine-tune on the final revisions mixed with helpful data",
         reads=("critique/records.jsonl", "sft.helpful_dataset or prompts.helpful"),
         writes=("sft/model", "sft/metrics.json", "logs/sft"),
-        starts_from="sft.model, else models.policy", run=sft.run, phase="sl",
+        starts_from="sft.model, else models.policy", run=sft.run, phase="sl", data_parallel=True,
     ),
     Stage(
         "sample", "RL-CAI: sample k responses per prompt from the policy and pair them",
@@ -65,19 +66,19 @@ STAGES: tuple[Stage, ...] = (
         "pm", "RL-CAI: train a preference model on the soft AI labels",
         reads=("label/preferences.jsonl",),
         writes=("pm/model", "pm/metrics.json", "logs/pm"),
-        starts_from="pm.model, else the run's SFT model, else models.policy", run=pm.run, phase="rl", aliases=("train-pm",),
+        starts_from="pm.model, else the run's SFT model, else models.policy", run=pm.run, phase="rl", aliases=("train-pm",), data_parallel=True,
     ),
     Stage(
         "ppo", "RL-CAI: PPO against the preference model, KL-penalised to the SFT model",
         reads=("prompts.rl_red_team / rl_helpful, else prompts.red_team / helpful", "pm/model"),
         writes=("ppo/model", "ppo/metrics.json", "logs/ppo"),
-        starts_from="the run's SFT model, else models.policy", run=ppo.run, phase="rl",
+        starts_from="the run's SFT model, else models.policy", run=ppo.run, phase="rl", data_parallel=True,
     ),
     Stage(
         "dpo", "RL-CAI alternative: DPO on the labelled pairs",
         reads=("label/preferences.jsonl",),
         writes=("dpo/model", "dpo/metrics.json", "logs/dpo"),
-        starts_from="the run's SFT model, else models.policy", run=dpo.run, phase="rl",
+        starts_from="the run's SFT model, else models.policy", run=dpo.run, phase="rl", data_parallel=True,
     ),
     Stage(
         "evaluate", "harmful / helpful / evasive rates and win rates of every model the run made",
@@ -88,6 +89,7 @@ STAGES: tuple[Stage, ...] = (
 )
 
 NAMES = tuple(s.name for s in STAGES)
+DATA_PARALLEL = tuple(s.name for s in STAGES if s.data_parallel)
 
 
 def stage(name: str) -> Stage:

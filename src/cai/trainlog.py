@@ -11,13 +11,15 @@ Every training stage (sft, pm, ppo, dpo) writes:
 and, when `logging.report_to` names them, a wandb or trackio run named "<run_dir>/<stage>".
 TRL's trainers (sft, dpo) log through `TrainLogCallback`; their own `report_to` is off, so nothing
 else writes logs anywhere. On resume, rows after the checkpoint's step are dropped, so a step is
-never logged twice.
+never logged twice. With several processes only the main one writes; the values it logs are
+reduced over every process (TRL's trainers gather them, pm and ppo all-reduce them).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ class TrainLog:
         self.enabled = enabled  # False on every process but the main one of a distributed run
         self.path = self.dir / "scalars.jsonl"
         self._tb = self._wandb = self._trackio = None
+        self._last: tuple[int, dict[str, float], int] | None = None  # (step, row, file offset of its line)
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -54,17 +57,34 @@ class TrainLog:
             self._trackio = trackio.init(project=project, name=name, resume="allow")
 
     @classmethod
-    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool = True) -> "TrainLog":
-        """The log of a stage of a run: <run_dir>/logs/<stage>/, with the config's logging settings."""
+    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool | None = None) -> "TrainLog":
+        """The log of a stage of a run: <run_dir>/logs/<stage>/, with the config's logging settings.
+        Written by the main process only (enabled=None: whether this is it)."""
+        from cai import distributed
+
         lc = config.logging
+        enabled = distributed.is_main() if enabled is None else enabled
         return cls(RunDir(config.run_dir).logs(stage), resume_step, tuple(lc.report_to), lc.project, f"{config.run_dir}/{stage}", enabled)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Log `scalars` at `step`. A second call at the same step (a trainer's closing summary)
+        joins the step's row, and only scalars not yet logged at that step go to the trackers."""
         if not self.enabled:
             return
         row = {"step": int(step)} | {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float))}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}) + "\n")
+        new = row  # what the trackers have not seen at this step
+        with open(self.path, "rb+" if self.path.exists() else "wb") as f:
+            if self._last is not None and self._last[0] == row["step"]:  # rewrite the step's line, joined
+                _, earlier, offset = self._last
+                new = {k: v for k, v in row.items() if k not in earlier}
+                row = earlier | row
+            else:
+                offset = f.seek(0, os.SEEK_END)
+            f.seek(offset)
+            f.truncate()
+            f.write((json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}) + "\n").encode())
+        self._last = (row["step"], row, offset)
+        row = {"step": row["step"]} | new
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and math.isfinite(v):
@@ -103,6 +123,7 @@ def trainer_callback(log: TrainLog, desc: str):
     (use `quiet(trainer)` to remove the Trainer's own printing of every log dict)."""
     from transformers import TrainerCallback
 
+    from cai import distributed
     from cai.console import progress
 
     class TrainLogCallback(TrainerCallback):
@@ -113,6 +134,10 @@ def trainer_callback(log: TrainLog, desc: str):
                 self.bar = progress(total=state.max_steps, initial=state.global_step, desc=desc, unit="step")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "train_loss" in logs:
+                # The Trainer's closing train_loss adds the loss since its last log unreduced: each
+                # process has its own; the mean over processes is the run's. (Every process is here.)
+                logs = logs | {"train_loss": distributed.mean_over_processes(logs["train_loss"])}
             if logs and state.is_world_process_zero:
                 log.log(state.global_step, {f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))})
 

@@ -13,6 +13,10 @@ Labels (`dpo.labels`):
   preference model uses, on DPO's implicit reward margin (cai.soft_dpo.SoftDPOTrainer);
 * "hard": TRL's standard sigmoid loss on (chosen, rejected); pairs labelled exactly 0.5 carry no
   preference and are dropped (counted in metrics.json).
+
+On several processes (`cai launch --nproc N dpo CONFIG`, torchrun, accelerate launch): TRL's trainer
+shards every global batch of `dpo.batch_size x dpo.grad_accum` pairs over the processes
+(cai.distributed.trainer_args); the main process alone writes the log, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from cai import distributed
 from cai.checkpoint import checkpoint_step, latest_checkpoint
 from cai.config import Config, LocalModel
 from cai.errors import InputError
@@ -59,7 +64,7 @@ def make_trainer(config: Config, spec: LocalModel, rows: list[dict], callbacks: 
     model, tokenizer = load_for_training(spec, lora=c.lora is not None)
     ref = None if c.lora is not None else load_for_training(spec)[0].eval()
     args = DPOConfig(
-        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps),
+        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps) | distributed.trainer_args(c, "dpo"),
         beta=c.beta,
         loss_type=["sigmoid"],
         remove_unused_columns=not soft,  # soft: keep p_chosen for the collator
@@ -73,6 +78,15 @@ def make_trainer(config: Config, spec: LocalModel, rows: list[dict], callbacks: 
         peft_config=lora_config(c.lora, "CAUSAL_LM") if c.lora is not None else None,
         callbacks=list(callbacks),
     )
+
+
+def rebuild(config: Config, spec: LocalModel):
+    """A fresh copy of the policy as TRL trains it (with its LoRA adapters), for the gathered
+    weights of a sharded run (cai.distributed.trained_model)."""
+    from peft import get_peft_model
+
+    model, _ = load_for_training(spec, lora=config.dpo.lora is not None)
+    return get_peft_model(model, lora_config(config.dpo.lora, "CAUSAL_LM")) if config.dpo.lora is not None else model
 
 
 def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
@@ -93,7 +107,7 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
         if run.complete:
             return rd.stage_dir(STAGE)
         run.say(f"{len(rows)} pairs, {c.labels} labels" + (f" ({ties} ties dropped)" if ties else "") + f"; policy {spec.path}")
-        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        resume = distributed.broadcast_object(latest_checkpoint(rd.checkpoints(STAGE)))  # the main process's view
         log = TrainLog.for_stage(config, STAGE, resume_step=checkpoint_step(resume) or 0)
         trainer = quiet(make_trainer(config, spec, rows, [trainer_callback(log, STAGE), *callbacks]))
         if resume:
@@ -103,18 +117,23 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         finally:
             log.close()
-        save_merged(trainer.model, trainer.processing_class, rd.model(STAGE))
+        model = distributed.trained_model(trainer, lambda: rebuild(config, spec))  # (every process takes part)
+        train_loss = distributed.mean_over_processes(result.training_loss)  # (each process's is over its shard)
+        if not run.main:
+            return rd.stage_dir(STAGE)  # (leaving the `with` waits for the main process's writes)
+        save_merged(model, trainer.processing_class, rd.model(STAGE))
 
         logged = [h for h in trainer.state.log_history if "loss" in h]
         last = logged[-1] if logged else {}
         metrics = {
-            "train_loss": result.training_loss,  # mean over the steps this process ran
+            "train_loss": train_loss,  # mean over the steps run in this call
             "pairs": len(rows),
             "ties_dropped": ties,
             "labels": c.labels,
             "beta": c.beta,
             "steps": trainer.state.global_step,
             "resumed_from_step": checkpoint_step(resume),
+            "batch": distributed.batch_layout(trainer.args),
             "last_logged": {k: last[k] for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last},
             "lora": c.lora is not None,
             "model": spec.path,
@@ -124,5 +143,5 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
         shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
         summary = {"train_loss": metrics["train_loss"], "pairs": len(rows), "labels": c.labels, "steps": metrics["steps"]}
         run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
-        run.say(f"train loss {result.training_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
+        run.say(f"train loss {train_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
     return rd.stage_dir(STAGE)

@@ -23,6 +23,14 @@ every run) is held out with all their pairs. On them, before and after training:
 
 Checkpoints every `pm.save_steps` steps (cai.checkpoint); the batch order is a function of the
 seed, so a resumed run trains on the same batches as an uninterrupted one.
+
+On several processes (`cai launch --nproc N pm CONFIG`): an optimizer step still takes the same
+`pm.batch_size x pm.grad_accum` pairs; each process computes the loss of its contiguous share, in
+micro-batches of at most `pm.batch_size`, weighted by its share of the step's pairs, and the
+gradients are summed over the processes (cai.distributed.all_reduce_grads) before clipping and the
+update, so every process takes the step a single process would. The batch schedule does not depend
+on the number of processes: a run resumes on any number. The held-out pairs are scored in shares
+too; the main process alone writes the log, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from typing import Any, Callable
 
 import torch
 
-from cai.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cai import distributed
+from cai.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from cai.config import Config, LocalModel
 from cai.console import progress
 from cai.errors import InputError
@@ -120,12 +129,15 @@ def calibration(margins: torch.Tensor, p: torch.Tensor, bins: int = ECE_BINS) ->
 
 
 def evaluate(model, tokenizer, pairs: list[Preference], max_length: int | None) -> dict[str, float] | None:
+    """Calibration on `pairs`; with several processes each scores its share (every process calls it)."""
     if not pairs:
         return None
-    convs = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
-    r = torch.tensor(score(model, tokenizer, convs, max_length=max_length))
-    r_c, r_r = r.chunk(2)
-    return calibration(r_c - r_r, torch.tensor([p.p_chosen for p in pairs]))
+    mine = distributed.shard(pairs)
+    convs = [p.prompt + p.chosen for p in mine] + [p.prompt + p.rejected for p in mine]
+    shares = distributed.gather_objects(score(model, tokenizer, convs, max_length=max_length) if mine else [])  # in rank order
+    r_c = [x for s in shares for x in s[: len(s) // 2]]
+    r_r = [x for s in shares for x in s[len(s) // 2 :]]
+    return calibration(torch.tensor(r_c) - torch.tensor(r_r), torch.tensor([p.p_chosen for p in pairs]))
 
 
 # ---------------------------------------------------------------- setup, train, save
@@ -140,6 +152,7 @@ def setup(config: Config, spec: LocalModel):
         model = apply_lora(model, c.lora, "SEQ_CLS")
     model.to(train_device(spec))
     params = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_params(params)  # every process starts from the same weights (as DDP does)
     return model, tokenizer, params, torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=0.0)
 
 
@@ -157,18 +170,20 @@ def train(config: Config, model, tokenizer, params, optimizer, pairs: list[Prefe
             lr = c.learning_rate * (min(1.0, step / warmup) if warmup else 1.0)  # linear warmup, then constant
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            micro = batches[step * c.grad_accum : (step + 1) * c.grad_accum]
-            n_pairs = sum(len(b) for b in micro)
+            step_pairs = [i for b in batches[step * c.grad_accum : (step + 1) * c.grad_accum] for i in b]  # the global batch
+            n_pairs = len(step_pairs)
+            mine = distributed.shard(step_pairs)  # this process's share (all of it when alone)
             optimizer.zero_grad(set_to_none=True)
-            step_loss, agree = 0.0, 0
-            for b in micro:
-                chunk = [pairs[i] for i in b]
+            totals = torch.zeros(2, dtype=torch.float64)  # this process's (loss, agreements)
+            for i in range(0, len(mine), c.batch_size):  # micro-batches of at most batch_size pairs
+                chunk = [pairs[j] for j in mine[i : i + c.batch_size]]
                 r_c, r_r = pair_rewards(model, tokenizer, chunk, c.max_length)  # (B,), (B,)
                 p = torch.tensor([x.p_chosen for x in chunk], device=r_c.device)
-                loss = soft_preference_loss(r_c, r_r, p) * len(b) / n_pairs  # mean over the step's pairs
+                loss = soft_preference_loss(r_c, r_r, p) * len(chunk) / n_pairs  # its part of the mean over the step's pairs
                 loss.backward()
-                step_loss += loss.item()
-                agree += int(((r_c > r_r) == (p > 0.5)).sum())
+                totals += torch.tensor([loss.item(), float(((r_c > r_r) == (p > 0.5)).sum())], dtype=torch.float64)
+            distributed.all_reduce_grads(params, average=False)  # summed: each share is already weighted by its size
+            step_loss, agree = distributed.all_reduce_sum(totals).tolist()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
             state["losses"].append(step_loss)
@@ -177,8 +192,10 @@ def train(config: Config, model, tokenizer, params, optimizer, pairs: list[Prefe
                 log.log(done, {"train/loss": step_loss, "train/accuracy": agree / n_pairs, "train/grad_norm": float(grad_norm), "train/learning_rate": lr})
             bar.update(1, note=f"loss {step_loss:.4f}")
             if done % c.save_steps == 0 and done < total:
-                trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-                save_checkpoint(rd.checkpoints(STAGE), done, {"trainable": trainable}, optimizer, state)
+                rngs = distributed.gather_objects(rng_state())  # (every process takes part; the main one writes)
+                if distributed.is_main():
+                    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+                    save_checkpoint(rd.checkpoints(STAGE), done, {"trainable": trainable}, optimizer, state, rngs)
             if on_step is not None:
                 on_step(done)
     finally:
@@ -200,15 +217,18 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
         raise InputError(f"{rd.label_preferences}: all {len(pairs)} pairs were held out (pm.eval_fraction={c.eval_fraction}); lower it")
     check_tokenizer(config, spec)
     fp = {"seed": config.seed, "preferences": file_hash(rd.label_preferences), "model": model_identity(spec), "pm": identity(c) | {"model": None}}
+    distributed.check_device(spec.device, "pm.model.device" if config.pm.model else "models.policy.device")
     with StageRun(config, STAGE, fp, force=force) as run:
         if run.complete:
             return rd.stage_dir(STAGE)
         run.say(f"{len(train_pairs)} training pairs, {len(test_pairs)} held out; base {spec.path}")
+        if distributed.active():
+            run.say(f"{distributed.world_size()} processes, each a whole copy of the model" + (f" ({distributed.sharding_requested()} settings apply to sft and dpo only)" if distributed.sharding_requested() else ""))
         model, tokenizer, params, optimizer = setup(config, spec)
         state: dict[str, Any] = {"losses": [], "held_out_initial": None}
-        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        resume = distributed.broadcast_object(latest_checkpoint(rd.checkpoints(STAGE)))  # the main process's view
         if resume is not None:
-            tensors, state = load_checkpoint(resume, optimizer)
+            tensors, state = load_checkpoint(resume, optimizer, distributed.rank())
             expected = {n for n, p in model.named_parameters() if p.requires_grad}
             if set(tensors["trainable"]) != expected:
                 raise InputError(f"{resume}: checkpoint does not match the model (was pm.lora changed? use --force to restart)")
@@ -226,6 +246,8 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
                 log.log(len(state["losses"]), {f"eval/{k}": v for k, v in held.items() if k != "pairs"})
         finally:
             log.close()
+        if not run.main:
+            return rd.stage_dir(STAGE)  # (leaving the `with` waits for the main process's writes)
 
         save_merged(model, tokenizer, rd.model(STAGE))
         losses = state["losses"]
@@ -239,6 +261,7 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
             "train_loss_last_10pct": sum(losses[-k:]) / k,
             "held_out": held,
             "held_out_initial": state["held_out_initial"],
+            "batch": {"processes": distributed.world_size(), "per_device": c.batch_size, "global": c.batch_size * c.grad_accum},  # (per_device: the largest micro-batch)
             "model": spec.path,
             "lora": c.lora is not None,
             "train_runtime_s": round(time.perf_counter() - t0, 1),

@@ -40,6 +40,16 @@ Choices, and why:
   sampled is exactly what the log-probabilities describe.
 - The losses are the small functions of `cai.losses` (kl_penalised_rewards, gae, ppo_policy_loss,
   ppo_value_loss, masked_whiten), each tested against numbers worked out by hand.
+
+On several processes (`cai launch --nproc N ppo CONFIG`): each process rolls out its contiguous
+share of the step's `ppo.rollout_batch` prompts (with its own sampling RNG) and updates on shares of
+`ppo.minibatch_size` (both must divide by N). What the single-process algorithm computes over the
+whole batch is computed over every process's share together (cai.distributed): score whitening,
+advantage whitening (masked_whiten over all tokens), the mean KL that adapts beta, every logged
+statistic; each minibatch's loss is weighted by the process's share of its tokens and the gradients
+are averaged, so the update is that of one process holding the whole minibatch. Every process runs
+the same number of steps and minibatches; the main one alone logs and writes checkpoints (with every
+process's RNG states: a run resumed on as many processes takes the same next step).
 """
 
 from __future__ import annotations
@@ -57,12 +67,13 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from cai.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cai import distributed
+from cai.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from cai.config import PPO, Config, LoRA
 from cai.console import progress
 from cai.errors import InputError
 from cai.lifecycle import StageRun, file_hash, identity, model_identity, source_identity, stable_seed
-from cai.losses import gae, kl_penalised_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
+from cai.losses import gae, kl_penalised_rewards, ppo_policy_loss, ppo_value_loss
 from cai.records import Conversation, assistant
 from cai.rundir import RunDir, model_origin, rl_prompt_sources, starting_model
 from cai.store import atomic_write_text
@@ -253,12 +264,17 @@ def train(
     prompts: conversations (earlier turns, then the request).
     reward_fn(prompts, responses) -> (B,) scores of the decoded responses.
     log: where each step's LOG_KEYS go (None: only the returned history).
+    On several processes every one calls this; B and mb below are then this process's shares.
     """
     from peft import PeftModel
 
     ckpt_dir = Path(ckpt_dir)
     if not prompts:
         raise InputError("ppo: no prompts to train on")
+    world = distributed.world_size()
+    for key, value in (("ppo.rollout_batch", cfg.rollout_batch), ("ppo.minibatch_size", cfg.minibatch_size)):
+        if value % world:
+            raise InputError(f"{key} is {value}: with {world} processes it must be a multiple of {world} (each process takes an equal share)")
     if not isinstance(policy, PeftModel):
         policy = add_adapters(policy, cfg.lora, seed)
     policy.eval()  # dropout off: see the module docstring
@@ -266,25 +282,30 @@ def train(
     hidden = policy.get_base_model().config.get_text_config(decoder=True).hidden_size
     value_head = ValueHead(hidden).to(device)
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    distributed.broadcast_params(params)  # every process starts from the same adapters (as DDP does)
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=ADAM_EPS)
     eos_ids = torch.tensor(eos_token_ids(policy, tokenizer), device=device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos_ids[0])
 
-    torch.manual_seed(stable_seed(seed, "ppo"))
-    random.seed(stable_seed(seed, "ppo-python"))
+    seed_rngs(seed)
     step, kl_coef = 0, cfg.kl_coef
-    ckpt = latest_checkpoint(ckpt_dir)
+    ckpt = distributed.broadcast_object(latest_checkpoint(ckpt_dir))  # the main process's view
     if ckpt is not None:
-        step, kl_coef = restore(ckpt, policy, value_head, optimizer)
-        print(f"[ppo] resuming after step {step} from {ckpt}", flush=True)
+        step, kl_coef, saved_by = restore(ckpt, policy, value_head, optimizer)
+        if distributed.is_main():
+            print(f"[ppo] resuming after step {step} from {ckpt}", flush=True)
+        if saved_by != world:  # no sampling RNG state for this process: a fresh stream, so no exact replay
+            seed_rngs(seed, f"resume-{step}")
+            if distributed.is_main():
+                print(f"[ppo] the checkpoint was written by {saved_by} process(es), this run has {world}: sampling continues from fresh seeds", flush=True)
     history: list[dict[str, float]] = []
-    B, mb = cfg.rollout_batch, cfg.minibatch_size
+    B, mb = cfg.rollout_batch // world, cfg.minibatch_size // world  # this process's shares
     bar = progress(total=cfg.steps, initial=step, desc=STAGE, unit="step")
     try:
         for step in range(step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             # ---- 1. rollout: prompts -> responses, with old log-probs, reference log-probs and values
-            batch_prompts = prompts_for_step(prompts, seed, step, B)
+            batch_prompts = distributed.shard(prompts_for_step(prompts, seed, step, cfg.rollout_batch))  # this process's B
             query, query_mask = encode_prompts(tokenizer, batch_prompts, device)  # (B, P)
             response = sample(policy, query, query_mask, cfg.max_new_tokens, cfg.temperature, eos_ids, pad_id)  # (B, R)
             mask, ended = response_mask(response, eos_ids)  # (B, R), (B,)
@@ -312,16 +333,17 @@ def train(
             score = raw_score.clone()
             if cfg.missing_eos_penalty is not None:
                 score = score - cfg.missing_eos_penalty * (~ended).float()
-            if cfg.whiten_rewards:
-                score = masked_whiten(score, torch.ones_like(score))
+            if cfg.whiten_rewards:  # over every process's scores
+                score = distributed.masked_whiten(score, torch.ones_like(score))
             rewards, kl = kl_penalised_rewards(score, logprobs, ref_logprobs, mask, kl_coef)  # (B, R) each
 
-            # ---- 3. advantages and returns (GAE), advantages whitened over the batch's tokens
+            # ---- 3. advantages and returns (GAE), advantages whitened over the batch's tokens (every process's)
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, mask)
+            advantages = distributed.masked_whiten(advantages, mask)
 
             # ---- 4. update: ppo_epochs passes of shuffled minibatches
-            stats: dict[str, list[float]] = {k: [] for k in ("policy", "value", "clipfrac", "vf_clipfrac", "approx_kl")}
+            names = ("policy", "value", "clipfrac", "vf_clipfrac", "approx_kl")
+            stats: dict[str, list[float]] = {k: [] for k in names}
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(B, device=device)
                 for i in range(0, B, mb):
@@ -330,46 +352,62 @@ def train(
                     pg_loss, pg_stats = ppo_policy_loss(new_logprobs, logprobs[idx], advantages[idx], mask[idx], cfg.cliprange)
                     v_loss, v_stats = ppo_value_loss(new_values, values[idx], returns[idx], mask[idx], cfg.cliprange_value)
                     loss = pg_loss + cfg.vf_coef * v_loss
+                    n_tokens = mask[idx].sum()
+                    if world > 1:  # this share's part of the mean over the whole minibatch's tokens (gradients are averaged below)
+                        loss = loss * n_tokens * world / distributed.all_reduce_sum(n_tokens)
                     optimizer.zero_grad()
                     loss.backward()
+                    distributed.all_reduce_grads(params)
                     nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
                     optimizer.step()
-                    for k, x in (("policy", pg_loss), ("value", v_loss), *pg_stats.items(), *v_stats.items()):
-                        stats[k].append(float(x.detach()))
+                    values_now = torch.stack([pg_loss, v_loss, *pg_stats.values(), *v_stats.values()]).detach()  # (5,) per-token means of this share
+                    for k, x in zip(names, distributed.weighted_mean(values_now, n_tokens).tolist()):  # ... of the whole minibatch
+                        stats[k].append(x)
 
-            # ---- 5. beta for the next step, diagnostics, checkpoint
-            mean_kl = float(kl.sum(1).mean())
-            var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+            # ---- 5. beta for the next step, diagnostics (over every process's rollouts), checkpoint
+            mean_kl = float(distributed.mean(kl.sum(1)))
+            var_returns = distributed.masked_mean((returns - distributed.masked_mean(returns, mask)) ** 2, mask)
             resid = returns - values
-            var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+            var_resid = distributed.masked_mean((resid - distributed.masked_mean(resid, mask)) ** 2, mask)
             row = {
-                "objective/score": float(raw_score.mean()),
+                "objective/score": float(distributed.mean(raw_score)),
                 "objective/kl": mean_kl,
                 "objective/kl_coef": kl_coef,
-                "objective/entropy": float((entropy * mask).sum(1).mean()),
-                "objective/response_length": float(mask.sum(1).mean()),
-                "objective/missing_eos": float((~ended).float().mean()),
+                "objective/entropy": float(distributed.mean((entropy * mask).sum(1))),
+                "objective/response_length": float(distributed.mean(mask.sum(1))),
+                "objective/missing_eos": float(distributed.mean((~ended).float())),
                 **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},
                 "losses/explained_variance": float(1 - var_resid / var_returns) if var_returns > 0 else math.nan,
                 "time/step_s": time.perf_counter() - t0,
             }
             if cfg.adaptive_kl:
-                kl_coef = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, B)
+                kl_coef = adaptive_kl_coef(kl_coef, mean_kl, cfg.target_kl, cfg.kl_horizon, cfg.rollout_batch)
             if log is not None:
                 log.log(step, row)
             history.append(row)
             if step % cfg.save_steps == 0 or step == cfg.steps:
-                adapter = {n: p for n, p in policy.named_parameters() if p.requires_grad}
-                save_checkpoint(ckpt_dir, step, {"adapter": adapter, "value_head": value_head.state_dict()}, optimizer, {"kl_coef": kl_coef})
+                rngs = distributed.gather_objects(rng_state())  # (every process takes part; the main one writes)
+                if distributed.is_main():
+                    adapter = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+                    save_checkpoint(ckpt_dir, step, {"adapter": adapter, "value_head": value_head.state_dict()}, optimizer, {"kl_coef": kl_coef}, rngs)
             bar.update(1, note=f"score {row['objective/score']:.3f} kl {mean_kl:.3f}")
     finally:
         bar.close()
     return Trained(policy, value_head, history)
 
 
-def restore(ckpt: Path, policy, value_head: ValueHead, optimizer) -> tuple[int, float]:
-    """Weights, Adam state and RNG states from a checkpoint. -> (step, kl_coef)."""
-    tensors, state = load_checkpoint(ckpt, optimizer)
+def seed_rngs(seed: int, *phase: str) -> None:
+    """Seed the sampling RNGs: one stream per process when there are several (answers to the same
+    prompt on two processes would otherwise be drawn alike), the single-process seeds when alone."""
+    rank_part = (f"rank{distributed.rank()}",) if distributed.active() else ()
+    torch.manual_seed(stable_seed(seed, "ppo", *phase, *rank_part))
+    random.seed(stable_seed(seed, "ppo-python", *phase, *rank_part))
+
+
+def restore(ckpt: Path, policy, value_head: ValueHead, optimizer) -> tuple[int, float, int]:
+    """Weights, Adam state and this process's RNG states from a checkpoint. -> (step, kl_coef,
+    how many processes wrote it)."""
+    tensors, state = load_checkpoint(ckpt, optimizer, distributed.rank())
     params = dict(policy.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors["adapter"]]
     if missing or set(tensors["adapter"]) - set(params):
@@ -378,7 +416,7 @@ def restore(ckpt: Path, policy, value_head: ValueHead, optimizer) -> tuple[int, 
         for n, t in tensors["adapter"].items():
             params[n].copy_(t)
     value_head.load_state_dict(tensors["value_head"])
-    return state["step"], state["kl_coef"]
+    return state["step"], state["kl_coef"], state["world_size"]
 
 
 # ---------------------------------------------------------------- the stage: models from the run, reward from the PM
@@ -441,28 +479,44 @@ def run(config: Config, force: bool = False) -> Path:
         "pm": file_hash(pm_dir),
         "ppo": identity(config.ppo),
     }
-    prompts = load_prompt_conversations(config, lambda m: print(f"[{STAGE}] {m}", flush=True))  # before the stage is marked running
+    def say(message: str) -> None:
+        if distributed.is_main():
+            print(f"[{STAGE}] {message}", flush=True)
+
+    prompts = load_prompt_conversations(config, say)  # before the stage is marked running
+    distributed.check_device(spec.device, "models.policy.device")
     with StageRun(config, STAGE, fp, force=force) as run:
         if run.complete:
             return rd.stage_dir(STAGE)
         run.say(f"policy: {spec.path} ({model_origin(config, spec)}); preference model: {pm_dir}")
+        if distributed.active():
+            n = distributed.world_size()
+            run.say(
+                f"{n} processes, each rolling out {config.ppo.rollout_batch // n} of the {config.ppo.rollout_batch} prompts of a step"
+                + (f" ({distributed.sharding_requested()} settings apply to sft and dpo only)" if distributed.sharding_requested() else "")
+            )
         model, tokenizer = load_for_training(spec, lora=True)  # float32 on a CPU; frozen base in bf16 on a bf16 GPU
         model.to(train_device(spec))
         pm, pm_tokenizer = reward.load(pm_dir, device=spec.device)
         pm.requires_grad_(False)
 
-        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        resume = distributed.broadcast_object(latest_checkpoint(rd.checkpoints(STAGE)))  # the main process's view
         log = TrainLog.for_stage(config, STAGE, resume_step=0 if resume is None else json.loads((resume / "state.json").read_text())["step"])
         try:
             trained = train(model, tokenizer, pm_reward_fn(pm, pm_tokenizer), prompts, config.ppo, rd.checkpoints(STAGE), seed=config.seed, log=log)
         finally:
             log.close()
+        if not run.main:
+            return rd.stage_dir(STAGE)  # (leaving the `with` waits for the main process's writes)
         save_merged(trained.policy, tokenizer, rd.model(STAGE))  # LoRA folded in: a plain transformers model
 
         from cai.trainlog import read_scalars
 
         rows = read_scalars(log.path)
-        metrics = {"steps": len(rows), "first": rows[0], "last": rows[-1], "policy": spec.path, "preference_model": str(pm_dir), "prompts": len(prompts)}
+        metrics = {
+            "steps": len(rows), "first": rows[0], "last": rows[-1], "policy": spec.path, "preference_model": str(pm_dir), "prompts": len(prompts),
+            "processes": distributed.world_size(),
+        }
         atomic_write_text(rd.metrics(STAGE), json.dumps(metrics, indent=2))
         shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
         summary = {"steps": len(rows), "first_score": rows[0]["objective/score"], "last_score": rows[-1]["objective/score"], "last_kl": rows[-1]["objective/kl"]}

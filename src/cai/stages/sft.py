@@ -22,6 +22,11 @@ loss covers the completion only (the prompt's labels are -100), whatever the cha
 Full fine-tuning, or LoRA adapters (`sft.lora`) merged into the weights at the end. Checkpoints
 every `sft.save_steps` steps; a rerun resumes from the last one; they are deleted once the model is
 saved.
+
+On several processes (`cai launch --nproc N sft CONFIG`, torchrun, accelerate launch): TRL's trainer
+(DDP, or DeepSpeed / FSDP through an accelerate config) shards every global batch of
+`sft.batch_size x sft.grad_accum` examples over the processes (cai.distributed.batch_split); the
+main process alone generates the helpful answers, writes the log, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from cai import distributed
 from cai.backends import make_backend
 from cai.checkpoint import checkpoint_step, latest_checkpoint
 from cai.config import Config, LocalModel
@@ -156,12 +162,19 @@ def make_trainer(config: Config, spec: LocalModel, examples: list[dict], callbac
     if c.lora is not None:
         model = apply_lora(model, c.lora, "CAUSAL_LM")
     args = SFTConfig(
-        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps),
+        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps) | distributed.trainer_args(c, "sft"),
         completion_only_loss=True,  # prompt-completion data: loss on the completion (the last answer) only
         assistant_only_loss=False,
         packing=False,
     )
     return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer, callbacks=list(callbacks))
+
+
+def rebuild(config: Config, spec: LocalModel):
+    """A fresh copy of the model being trained (with its LoRA adapters), for the gathered weights of
+    a sharded run (cai.distributed.trained_model)."""
+    model, _ = load_for_training(spec, lora=config.sft.lora is not None)
+    return apply_lora(model, config.sft.lora, "CAUSAL_LM") if config.sft.lora is not None else model
 
 
 def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
@@ -189,10 +202,11 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
         if run.complete:
             return rd.stage_dir(STAGE)
         generate = bool(pool) and isinstance(pool[0], Prompt)
-        helpful = answer_helpful(run, spec, pool, c.helpful_max_new_tokens) if generate else pool
+        # The main process generates (and stores) the helpful answers; the others wait for them.
+        helpful = distributed.main_decides(lambda: answer_helpful(run, spec, pool, c.helpful_max_new_tokens)) if generate else pool
         run.say(f"{len(revisions)} revision examples + {len(helpful)} helpful ({helpful_source}); model {spec.path}")
 
-        resume = latest_checkpoint(rd.checkpoints(STAGE))
+        resume = distributed.broadcast_object(latest_checkpoint(rd.checkpoints(STAGE)))  # the main process's view
         log = TrainLog.for_stage(config, STAGE, resume_step=checkpoint_step(resume) or 0)
         trainer = quiet(make_trainer(config, spec, revisions + helpful, [trainer_callback(log, STAGE), *callbacks]))
         if resume:
@@ -202,17 +216,22 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         finally:
             log.close()
-        save_merged(trainer.model, trainer.processing_class, rd.model(STAGE))
+        model = distributed.trained_model(trainer, lambda: rebuild(config, spec))  # (every process takes part)
+        train_loss = distributed.mean_over_processes(result.training_loss)  # (each process's is over its shard)
+        if not run.main:
+            return rd.stage_dir(STAGE)  # (leaving the `with` waits for the main process's writes)
+        save_merged(model, trainer.processing_class, rd.model(STAGE))
 
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         metrics = {
-            "train_loss": result.training_loss,  # mean over the steps this process ran
+            "train_loss": train_loss,  # mean over the steps run in this call
             "last_logged_loss": losses[-1] if losses else None,
             "examples": {"revisions": len(revisions), "helpful": len(helpful)},
             "helpful_source": helpful_source,
             "steps": trainer.state.global_step,
             "resumed_from_step": checkpoint_step(resume),
             "epochs": c.epochs,
+            "batch": distributed.batch_layout(trainer.args),
             "lora": c.lora is not None,
             "model": spec.path,
             "train_runtime_s": round(time.perf_counter() - t0, 1),
@@ -221,6 +240,6 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
         shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
         summary = {"train_loss": metrics["train_loss"], "revisions": len(revisions), "helpful": len(helpful), "steps": metrics["steps"]}
         run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
-        run.say(f"train loss {result.training_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
+        run.say(f"train loss {train_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
     return rd.stage_dir(STAGE)
 
