@@ -35,7 +35,7 @@ from cai.backends.markers import marker_pattern, neutralize
 from cai.backends.openai import OpenAIBackend
 from cai.config import LocalModel
 from cai.constitution import load_constitution
-from cai.records import GenerationParams, RLPrinciple, assistant, user
+from cai.records import GenerationParams, assistant, user
 from cai.templates import (
     CHOICE_OPTIONS,
     EVASION_OPTIONS,

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from anchors import anchor
 
 from cai.constitution import (
     FEW_SHOT_CHOICE_INSTRUCTION,
@@ -22,7 +23,6 @@ from cai.constitution import (
     summarize,
     validate_file,
 )
-from anchors import anchor
 from cai.errors import InputError
 from cai.records import Constitution, RLPrinciple, SLPrinciple
 from cai.templates import CHOICE_HEADER, choice_text

@@ -19,16 +19,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import yaml
 from safetensors.torch import load_file
 
-import tiny
 from cai import cli, distributed
 from cai.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from cai.config import load_config
 from cai.errors import InputError
-from cai.records import Preference, read_records
 from cai.store import RunStore
 from cai.trainlog import read_scalars
 
@@ -269,7 +268,7 @@ def test_collectives_on_two_processes(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     ok(torchrun("probe.py", str(tmp_path), cwd=tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for r, out in enumerate(ranks):
+    for out in ranks:
         assert out["world"] == 2
         torch.testing.assert_close(torch.tensor(out["whitened"]), torch.tensor(out["expected"]), rtol=1e-5, atol=1e-5)  # whitened as one batch
         assert out["grad"] == [1.5, 1.5, 1.5]  # averaged

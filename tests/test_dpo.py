@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -13,7 +14,6 @@ from transformers import TrainerCallback
 from cai.config import load_config
 from cai.errors import InputError
 from cai.losses import soft_dpo_loss
-import tiny
 from cai.records import Preference, read_records
 from cai.rundir import starting_model
 from cai.soft_dpo import SoftDPOTrainer

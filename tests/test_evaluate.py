@@ -11,10 +11,10 @@ import pytest
 from cai.config import load_config
 from cai.errors import InputError
 from cai.records import Generation, OptionScores
-from cai.stages import evaluate
 from cai.scoreboard import elo, table, win_rates
-from cai.templates import EVASION_QUESTION, HARM_QUESTION
+from cai.stages import evaluate
 from cai.store import RunStore
+from cai.templates import EVASION_QUESTION, HARM_QUESTION
 from cai.toyworld import world
 
 ROOT = Path(__file__).resolve().parents[1]

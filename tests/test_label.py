@@ -6,16 +6,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from anchors import anchor
 from datasets import load_from_disk
 
+from cai import labeller
 from cai.config import load_config
 from cai.errors import InputError
-from cai.records import Generation, OptionScores
-from cai import labeller
-from cai.stages import label, sample
 from cai.judge import clamp, combine, normalise, p_first_response, position_flips
+from cai.records import Generation, OptionScores
+from cai.stages import label, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 

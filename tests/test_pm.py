@@ -9,12 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tiny
 import torch
 
+from cai import reward
 from cai.config import load_config
 from cai.errors import InputError
-import tiny
-from cai import reward
 from cai.records import Preference, read_records
 from cai.stages import pm
 
@@ -34,7 +34,7 @@ def write_preferences(run_dir: Path, n: int, seed: int = 0) -> None:
     """Chosen responses contain "safe", rejected ones never do; soft labels between 0.6 and 1."""
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         words = rng.sample(FILLER, 5)
         chosen = words[:]
         chosen.insert(rng.randrange(6), "safe")

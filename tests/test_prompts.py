@@ -12,8 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from anchors import anchor
+
 from cai.config import Prompts, PromptSource, load_config
 from cai.errors import InputError
 from cai.prompts import PromptSet, conversation_id, load_prompts, text_id

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import write_critique_records
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from cai.config import load_config
@@ -14,7 +15,6 @@ from cai.errors import InputError
 from cai.rundir import starting_model
 from cai.stages import sft
 from cai.store import RunStore
-from tiny import write_critique_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import datetime
 import json
 
 import pytest
-
 from anchors import anchor
+
 from cai.errors import InputError
 from cai.yamlio import MAX_DEPTH, dump_yaml, item_name, load_json, load_yaml, parse_yaml
 

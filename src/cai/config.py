@@ -105,7 +105,7 @@ class OpenAIModel(_Strict):
         return v
 
 
-ModelSpec = Annotated[Union[LocalModel, OpenAIModel], Field(discriminator="backend")]
+ModelSpec = Annotated[LocalModel | OpenAIModel, Field(discriminator="backend")]
 
 StopString = Annotated[str, Field(min_length=1)]
 

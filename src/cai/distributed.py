@@ -23,8 +23,9 @@ In one process (no WORLD_SIZE in the environment) every function here is the tri
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 

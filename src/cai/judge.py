@@ -20,7 +20,7 @@ the reasoning, and each p_q(A) is clamped to a band (the CAI paper found 0.4-0.6
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from cai.backends import Backend
 from cai.records import Constitution, Conversation, GenerationParams, RLPrinciple, assistant

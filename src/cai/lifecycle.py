@@ -41,8 +41,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cai import distributed
 from cai.errors import InputError
@@ -151,7 +152,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir).resolve()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.run_dir in _HELD:
             fd, n = _HELD[self.run_dir]
             _HELD[self.run_dir] = (fd, n + 1)
@@ -213,7 +214,7 @@ class StageRun:
         self._lock = RunLock(config.run_dir)
         self._t0 = 0.0
 
-    def __enter__(self) -> "StageRun":
+    def __enter__(self) -> StageRun:
         from cai.console import quiet_third_party
 
         quiet_third_party()

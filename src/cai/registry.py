@@ -11,8 +11,8 @@ never another stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cai.errors import InputError
 from cai.stages import critique, dpo, evaluate, label, pm, ppo, redteam, sample, sft

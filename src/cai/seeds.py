@@ -91,7 +91,7 @@ def paired(answers: dict[int, list[Answer]], models: list[str]) -> dict[str, Any
         return {}
     out: dict[str, Any] = {}
     for rl in [m for m in ("ppo", "dpo") if m in models]:
-        for seed, rows in answers.items():
+        for rows in answers.values():
             by = {(a.model, a.kind, a.prompt_id): a for a in rows}
             for a in rows:
                 if a.model != "sft":

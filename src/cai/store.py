@@ -15,8 +15,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cai.errors import InputError
 
@@ -59,7 +60,7 @@ class RunStore:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -57,7 +57,7 @@ class TrainLog:
             self._trackio = trackio.init(project=project, name=name, resume="allow")
 
     @classmethod
-    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool | None = None) -> "TrainLog":
+    def for_stage(cls, config, stage: str, resume_step: int = 0, enabled: bool | None = None) -> TrainLog:
         """The log of a stage of a run: <run_dir>/logs/<stage>/, with the config's logging settings.
         Written by the main process only (enabled=None: whether this is it)."""
         from cai import distributed

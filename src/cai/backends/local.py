@@ -347,7 +347,7 @@ class LocalBackend:
         self._seeds = random.Random(0)
 
     @classmethod
-    def from_spec(cls, spec) -> "LocalBackend":
+    def from_spec(cls, spec) -> LocalBackend:
         """Load from a local directory or a hub id (safetensors only; remote code only if allowed)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

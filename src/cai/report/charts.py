@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 COLORS = {"harmful": "#d1495b", "helpful": "#2e86ab", "evasive": "#edae49", "good_refusal": "#3a9d5d", "garbled": "#8d8d8d"}
 SERIES_COLORS = ("#2e86ab", "#d1495b", "#edae49", "#3a9d5d", "#7b5ea7", "#5f6b7a")

@@ -10,8 +10,9 @@ not written here at all: the example browser puts them on the page with textCont
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cai import registry
 from cai.report.charts import COLORS, SERIES_COLORS, Series, bar_chart, esc, histogram, line_chart

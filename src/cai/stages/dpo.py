@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cai import distributed
 from cai.checkpoint import checkpoint_step, latest_checkpoint
@@ -35,8 +35,8 @@ from cai.lifecycle import StageRun, file_hash, identity, model_identity
 from cai.records import Preference, read_records
 from cai.rundir import RunDir, starting_model
 from cai.store import atomic_write_text
-from cai.trainlog import TrainLog, quiet, trainer_callback
 from cai.training import load_for_training, lora_config, save_merged, training_args_defaults
+from cai.trainlog import TrainLog, quiet, trainer_callback
 
 STAGE = "dpo"
 

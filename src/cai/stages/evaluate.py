@@ -177,7 +177,7 @@ def judge_pairs(run: StageRun, judge: Backend, constitution: Constitution, todo:
         for start in range(0, len(todo), per_call):
             batch = todo[start : start + per_call]
             qs, spans = [], []
-            for key, a, b, kind, p, ans_a, ans_b in batch:
+            for _key, _a, _b, kind, p, ans_a, ans_b in batch:
                 new = []
                 if ans_a != ans_b:  # identical answers are a draw; nothing to ask
                     principles = sample_rl_principles(constitution, config.seed, f"evaluate:{kind}:{p.id}", m)  # the same for every pair of models

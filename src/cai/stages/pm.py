@@ -39,8 +39,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -55,8 +56,8 @@ from cai.records import Preference, read_records
 from cai.reward import rewards, score
 from cai.rundir import RunDir, starting_model
 from cai.store import atomic_write_text
-from cai.trainlog import TrainLog
 from cai.training import apply_lora, load_for_training, save_merged, train_device
+from cai.trainlog import TrainLog
 
 STAGE = "pm"
 MAX_GRAD_NORM = 1.0  # (the Trainer's default, as in the other training stages)

@@ -60,9 +60,10 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -301,8 +302,9 @@ def train(
     history: list[dict[str, float]] = []
     B, mb = cfg.rollout_batch // world, cfg.minibatch_size // world  # this process's shares
     bar = progress(total=cfg.steps, initial=step, desc=STAGE, unit="step")
+    done = step
     try:
-        for step in range(step + 1, cfg.steps + 1):
+        for step in range(done + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             # ---- 1. rollout: prompts -> responses, with old log-probs, reference log-probs and values
             batch_prompts = distributed.shard(prompts_for_step(prompts, seed, step, cfg.rollout_batch))  # this process's B

@@ -35,8 +35,9 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cai import distributed
 from cai.backends import make_backend
@@ -48,8 +49,8 @@ from cai.prompts import load_prompts
 from cai.records import Conversation, CritiqueRecord, GenerationParams, Prompt, assistant, read_records
 from cai.rundir import RunDir, starting_model
 from cai.store import atomic_write_text, read_jsonl
-from cai.trainlog import TrainLog, quiet, trainer_callback
 from cai.training import apply_lora, load_for_training, save_merged, training_args_defaults
+from cai.trainlog import TrainLog, quiet, trainer_callback
 
 STAGE = "sft"
 HELPFUL_STAGE = "sft-helpful"  # run-store items: the starting model's answers to helpful prompts
