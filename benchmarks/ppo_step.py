@@ -47,7 +47,16 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "ppo_step"
 TRL_VENV = REPO / "benchmarks" / ".venv-trl112"
 # The same versions as cai's pyproject, so that the two sides differ only in their PPO code.
-TRL_PINS = ["trl==1.12.0", "torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "peft==0.21.2", "tokenizers==0.23.3", "safetensors==0.8.0"]
+TRL_PINS = [
+    "trl==1.12.0",
+    "torch==2.13.0",
+    "transformers==5.24.0",
+    "accelerate==1.15.0",
+    "datasets==5.2.0",
+    "peft==0.21.2",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+]
 SECTION = "## ppo_step"
 
 SIZES = {
@@ -59,7 +68,19 @@ SIZES = {
 # torch threads per size, the same for both sides. The tiny model's matmuls are a few hundred numbers:
 # a second thread only adds a barrier wait, which on a shared machine costs a scheduler slice each.
 THREADS = {"tiny": 1, "100m": os.cpu_count() or 1}
-RUN = dict(rollout_batch=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=32, prompt_words=16, n_prompts=64, learning_rate=1e-4, kl_coef=0.05, vf_coef=0.1, lora_r=16, lora_alpha=32)
+RUN = dict(
+    rollout_batch=8,
+    minibatch_size=4,
+    ppo_epochs=2,
+    max_new_tokens=32,
+    prompt_words=16,
+    n_prompts=64,
+    learning_rate=1e-4,
+    kl_coef=0.05,
+    vf_coef=0.1,
+    lora_r=16,
+    lora_alpha=32,
+)
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -95,8 +116,13 @@ def build(size: str, size_dir: Path) -> None:
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     config = LlamaConfig(
-        vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, **shape,
+        vocab_size=vocab_size,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **shape,
     )
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config)
@@ -123,9 +149,17 @@ def worker_cai(size_dir: Path, steps: int) -> dict:
     policy = AutoModelForCausalLM.from_pretrained(size_dir / "policy", dtype=torch.float32)
     pm = AutoModelForSequenceClassification.from_pretrained(size_dir / "reward", dtype=torch.float32).eval().requires_grad_(False)
     cfg = PPO(
-        steps=steps, rollout_batch=RUN["rollout_batch"], minibatch_size=RUN["minibatch_size"], ppo_epochs=RUN["ppo_epochs"],
-        learning_rate=RUN["learning_rate"], max_new_tokens=RUN["max_new_tokens"], temperature=1.0, kl_coef=RUN["kl_coef"],
-        vf_coef=RUN["vf_coef"], save_steps=10_000, lora=LoRA(r=RUN["lora_r"], alpha=RUN["lora_alpha"]),
+        steps=steps,
+        rollout_batch=RUN["rollout_batch"],
+        minibatch_size=RUN["minibatch_size"],
+        ppo_epochs=RUN["ppo_epochs"],
+        learning_rate=RUN["learning_rate"],
+        max_new_tokens=RUN["max_new_tokens"],
+        temperature=1.0,
+        kl_coef=RUN["kl_coef"],
+        vf_coef=RUN["vf_coef"],
+        save_steps=10_000,
+        lora=LoRA(r=RUN["lora_r"], alpha=RUN["lora_alpha"]),
     )
     with tempfile.TemporaryDirectory() as out:
         history = train(policy, tokenizer, pm_reward_fn(pm, tokenizer), prompts(size_dir), cfg, out, seed=0).history
@@ -148,7 +182,9 @@ def worker_trl(size_dir: Path, steps: int) -> dict:
     value = AutoModelForSequenceClassification.from_pretrained(size_dir / "reward", dtype=torch.float32, num_labels=1)
     reward = AutoModelForSequenceClassification.from_pretrained(size_dir / "reward", dtype=torch.float32, num_labels=1)
     texts = prompts(size_dir)
-    ids = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for t in texts]
+    ids = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"] for t in texts
+    ]
     data = Dataset.from_dict({"input_ids": ids})
 
     times: list[float] = []
@@ -163,15 +199,39 @@ def worker_trl(size_dir: Path, steps: int) -> dict:
     B, mb = RUN["rollout_batch"], RUN["minibatch_size"]
     with tempfile.TemporaryDirectory() as out:
         args = PPOConfig(
-            output_dir=out, report_to="none", save_strategy="no", bf16=False, fp16=False, gradient_checkpointing=False,
-            per_device_train_batch_size=B, gradient_accumulation_steps=1, num_mini_batches=B // mb, num_ppo_epochs=RUN["ppo_epochs"],
-            local_rollout_forward_batch_size=B, total_episodes=B * steps, response_length=RUN["max_new_tokens"], temperature=1.0,
-            stop_token="eos", learning_rate=RUN["learning_rate"], kl_coef=RUN["kl_coef"], vf_coef=RUN["vf_coef"],
-            num_sample_generations=0, logging_steps=1, disable_tqdm=True, seed=0,
+            output_dir=out,
+            report_to="none",
+            save_strategy="no",
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=B,
+            gradient_accumulation_steps=1,
+            num_mini_batches=B // mb,
+            num_ppo_epochs=RUN["ppo_epochs"],
+            local_rollout_forward_batch_size=B,
+            total_episodes=B * steps,
+            response_length=RUN["max_new_tokens"],
+            temperature=1.0,
+            stop_token="eos",
+            learning_rate=RUN["learning_rate"],
+            kl_coef=RUN["kl_coef"],
+            vf_coef=RUN["vf_coef"],
+            num_sample_generations=0,
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=0,
         )
         trainer = PPOTrainer(
-            args=args, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward, train_dataset=data,
-            value_model=value, eval_dataset=data, callbacks=[StepTimer()],
+            args=args,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=None,
+            reward_model=reward,
+            train_dataset=data,
+            value_model=value,
+            eval_dataset=data,
+            callbacks=[StepTimer()],
             peft_config=LoraConfig(r=RUN["lora_r"], lora_alpha=RUN["lora_alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
         )
         trainer.train()
@@ -260,21 +320,23 @@ def main() -> None:
     import torch
 
     body = table(results, params, args.steps)
-    text = "\n".join([
-        SECTION,
-        "",
-        f"`benchmarks/ppo_step.py`, {datetime.date.today().isoformat()}, {platform.machine()} CPU, "
-        f"{os.cpu_count()} cores (shared with other jobs, so times are noisy), torch {torch.__version__}, fp32.",
-        f"Random-weight Llama policy + same-shape reward model; rollout batch {RUN['rollout_batch']}, minibatches of {RUN['minibatch_size']}, "
-        f"{RUN['ppo_epochs']} PPO epochs, {RUN['max_new_tokens']} new tokens, prompts of {RUN['prompt_words']} words + chat template, "
-        f"LoRA r={RUN['lora_r']} on all linear layers, {args.steps} steps per run, each run in a fresh process.",
-        "cai: LoRA policy, reference = adapters off, value = linear head on the shared trunk. "
-        "TRL 1.12 (`trl.experimental.ppo.PPOTrainer`, peft_config): LoRA policy, reference = adapters off, "
-        "separate full value model initialised from the reward model (its documented setup).",
-        "",
-        body,
-        "",
-    ])
+    text = "\n".join(
+        [
+            SECTION,
+            "",
+            f"`benchmarks/ppo_step.py`, {datetime.date.today().isoformat()}, {platform.machine()} CPU, "
+            f"{os.cpu_count()} cores (shared with other jobs, so times are noisy), torch {torch.__version__}, fp32.",
+            f"Random-weight Llama policy + same-shape reward model; rollout batch {RUN['rollout_batch']}, minibatches of {RUN['minibatch_size']}, "
+            f"{RUN['ppo_epochs']} PPO epochs, {RUN['max_new_tokens']} new tokens, prompts of {RUN['prompt_words']} words + chat template, "
+            f"LoRA r={RUN['lora_r']} on all linear layers, {args.steps} steps per run, each run in a fresh process.",
+            "cai: LoRA policy, reference = adapters off, value = linear head on the shared trunk. "
+            "TRL 1.12 (`trl.experimental.ppo.PPOTrainer`, peft_config): LoRA policy, reference = adapters off, "
+            "separate full value model initialised from the reward model (its documented setup).",
+            "",
+            body,
+            "",
+        ]
+    )
     print("\n" + text)
     if not args.no_write:
         write_section(SECTION, text)

@@ -112,40 +112,146 @@ CONSEQUENCES = (
     "going to jail, getting fired, them knowing it was me, setting off the alarm, being recorded, my parents finding out, "
     "breaking the law, getting sued, losing my license, my wife finding out, getting banned, leaving evidence, being traced"
 ).split(", ")
-PLACES = ["", "", "", "", " at night", " at work", " in a small town", " during the holidays", " while they are away",
-          " in broad daylight", " from another country", " on a budget", " this weekend", " in under an hour", " without tools",
-          " as a teenager", " with no experience", " from my phone", " before anyone wakes up", " in a big city", " alone"]
-OUTCOMES = ["nobody can trace it back to me", "it looks like an accident", "they never find out", "I make a profit",
-            "the damage is permanent", "the police can't prove anything", "it takes them weeks to notice",
-            "they blame someone else", "insurance pays for it", "it can't be undone"]
+PLACES = [
+    "",
+    "",
+    "",
+    "",
+    " at night",
+    " at work",
+    " in a small town",
+    " during the holidays",
+    " while they are away",
+    " in broad daylight",
+    " from another country",
+    " on a budget",
+    " this weekend",
+    " in under an hour",
+    " without tools",
+    " as a teenager",
+    " with no experience",
+    " from my phone",
+    " before anyone wakes up",
+    " in a big city",
+    " alone",
+]
+OUTCOMES = [
+    "nobody can trace it back to me",
+    "it looks like an accident",
+    "they never find out",
+    "I make a profit",
+    "the damage is permanent",
+    "the police can't prove anything",
+    "it takes them weeks to notice",
+    "they blame someone else",
+    "insurance pays for it",
+    "it can't be undone",
+]
 GENRES = ["story", "poem", "guide", "blog post", "tweet", "song", "screenplay", "forum post", "tutorial", "news article", "novel", "comic"]
 PEOPLE = ["friend", "brother", "cousin", "uncle", "roommate", "classmate", "coworker", "neighbor", "grandmother", "son", "wife", "boss"]
-ROLES = ["hacker", "con artist", "private investigator", "locksmith", "thief", "spy", "chemist", "security expert", "gang member",
-         "mechanic", "nurse", "police officer", "journalist", "banker"]
+ROLES = [
+    "hacker",
+    "con artist",
+    "private investigator",
+    "locksmith",
+    "thief",
+    "spy",
+    "chemist",
+    "security expert",
+    "gang member",
+    "mechanic",
+    "nurse",
+    "police officer",
+    "journalist",
+    "banker",
+]
 DEADLINES = ["tomorrow", "Friday", "the end of the month", "they get back", "the police arrive", "my shift ends", "the weekend", "noon"]
 
-OPENERS = ["", "", "", "", "Hey,", "Quick question:", "Be honest.", "Please help.", "Okay so", "Listen,", "I'm curious.",
-           "Serious question:", "Hi!", "This is for a class.", "Don't judge me.", "Real talk:", "Help me out here.", "So,",
-           "I've been wondering.", "No judgement please.", "Urgent:", "Hello there.", "I have a weird question.", "Be straight with me."]
-CLOSERS = ["", "", "", "", "Thanks!", "Be specific.", "Keep it short.", "I really need this.", "It's urgent.", "No lectures please.",
-           "Give details.", "Answer in one paragraph.", "Thanks in advance.", "Use simple words.", "I won't tell anyone.",
-           "It's just a joke.", "Asking for research.", "Don't refuse.", "Please hurry.", "Number the steps.", "Be creative."]
+OPENERS = [
+    "",
+    "",
+    "",
+    "",
+    "Hey,",
+    "Quick question:",
+    "Be honest.",
+    "Please help.",
+    "Okay so",
+    "Listen,",
+    "I'm curious.",
+    "Serious question:",
+    "Hi!",
+    "This is for a class.",
+    "Don't judge me.",
+    "Real talk:",
+    "Help me out here.",
+    "So,",
+    "I've been wondering.",
+    "No judgement please.",
+    "Urgent:",
+    "Hello there.",
+    "I have a weird question.",
+    "Be straight with me.",
+]
+CLOSERS = [
+    "",
+    "",
+    "",
+    "",
+    "Thanks!",
+    "Be specific.",
+    "Keep it short.",
+    "I really need this.",
+    "It's urgent.",
+    "No lectures please.",
+    "Give details.",
+    "Answer in one paragraph.",
+    "Thanks in advance.",
+    "Use simple words.",
+    "I won't tell anyone.",
+    "It's just a joke.",
+    "Asking for research.",
+    "Don't refuse.",
+    "Please hurry.",
+    "Number the steps.",
+    "Be creative.",
+]
 SYNONYMS = {
-    "how": ["in what way"], "can": ["could", "should"], "best": ["easiest", "fastest", "safest", "simplest"],
-    "way": ["method", "approach"], "help": ["assist"], "want": ["need", "would like"], "tell": ["show", "teach"],
-    "explain": ["describe"], "tools": ["equipment", "supplies"], "tips": ["advice", "ideas"], "easiest": ["quickest", "simplest"],
-    "write": ["compose", "draft"], "give": ["provide", "send"], "possible": ["feasible", "realistic"], "list": ["name", "give me"],
-    "instructions": ["directions", "guidance"], "someone": ["a person", "anyone"], "need": ["have"],
+    "how": ["in what way"],
+    "can": ["could", "should"],
+    "best": ["easiest", "fastest", "safest", "simplest"],
+    "way": ["method", "approach"],
+    "help": ["assist"],
+    "want": ["need", "would like"],
+    "tell": ["show", "teach"],
+    "explain": ["describe"],
+    "tools": ["equipment", "supplies"],
+    "tips": ["advice", "ideas"],
+    "easiest": ["quickest", "simplest"],
+    "write": ["compose", "draft"],
+    "give": ["provide", "send"],
+    "possible": ["feasible", "realistic"],
+    "list": ["name", "give me"],
+    "instructions": ["directions", "guidance"],
+    "someone": ["a person", "anyone"],
+    "need": ["have"],
 }
 INSERTS = ["please", "exactly", "really", "quickly", "actually", "for real", "in detail", "honestly", "secretly", "again"]
 
 
 def base_prompt(rng: random.Random) -> str:
     core = rng.choice(TEMPLATES).format(
-        verb=rng.choice(VERBS), obj=f"{rng.choice(OWNERS)} {rng.choice(THINGS)}", consequence=rng.choice(CONSEQUENCES),
-        verb2=rng.choice(VERBS), obj2=f"{rng.choice(OWNERS)} {rng.choice(THINGS)}",
-        place=rng.choice(PLACES), outcome=rng.choice(OUTCOMES), genre=rng.choice(GENRES), person=rng.choice(PEOPLE),
-        role=rng.choice(ROLES), deadline=rng.choice(DEADLINES),
+        verb=rng.choice(VERBS),
+        obj=f"{rng.choice(OWNERS)} {rng.choice(THINGS)}",
+        consequence=rng.choice(CONSEQUENCES),
+        verb2=rng.choice(VERBS),
+        obj2=f"{rng.choice(OWNERS)} {rng.choice(THINGS)}",
+        place=rng.choice(PLACES),
+        outcome=rng.choice(OUTCOMES),
+        genre=rng.choice(GENRES),
+        person=rng.choice(PEOPLE),
+        role=rng.choice(ROLES),
+        deadline=rng.choice(DEADLINES),
     )
     return " ".join(part for part in (rng.choice(OPENERS), core, rng.choice(CLOSERS)) if part)
 
@@ -289,8 +395,11 @@ def measure(side: str, n: int, out: Path | None) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["load"] = (load, os.getloadavg()[0])
-    print(f"  {side:10} n={n:>7,}: {row['seconds']:7.2f} s, peak RSS {row['peak_rss_mib']:6.0f} MiB "
-          f"(after making the prompts {row['rss_before_mib']:.0f}), dropped {row['dropped']:,}, load {load:.1f}", flush=True)
+    print(
+        f"  {side:10} n={n:>7,}: {row['seconds']:7.2f} s, peak RSS {row['peak_rss_mib']:6.0f} MiB "
+        f"(after making the prompts {row['rss_before_mib']:.0f}), dropped {row['dropped']:,}, load {load:.1f}",
+        flush=True,
+    )
     return row
 
 
@@ -392,10 +501,7 @@ def report(args, rows, quality, stats) -> str:
     for n in args.pairwise_sizes:
         if ("cai", n) in rows and ("pairwise", n) in rows:
             ratios = [p["seconds"] / c["seconds"] for p, c in zip(rows["pairwise", n], rows["cai", n])]
-            lines.append(
-                f"- **At {n:,}: exact pairwise / cai time = {spread(ratios, '{:.1f}x')}** (the ratio within each repeat, "
-                f"median (min–max))."
-            )
+            lines.append(f"- **At {n:,}: exact pairwise / cai time = {spread(ratios, '{:.1f}x')}** (the ratio within each repeat, median (min–max)).")
             for side in ("cai", "datasketch"):
                 if (side, n) in quality:
                     recall, precision, n_lsh, n_exact = quality[side, n]

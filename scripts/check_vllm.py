@@ -168,22 +168,30 @@ def main() -> int:
     prompts = world.prompts("heldout", "harmful")[:12] + world.prompts("heldout", "benign")[:4]
     compared, bad = critique(local, remote, constitution, prompts, args.max_new_tokens, timings)
     problems += bad
-    print(f"[critique] {compared} greedy texts ({len(prompts)} prompts x answer/critique/revision, {args.max_new_tokens} new tokens): "
-          f"{compared - len(bad)} identical, {len(bad)} different")
+    print(
+        f"[critique] {compared} greedy texts ({len(prompts)} prompts x answer/critique/revision, {args.max_new_tokens} new tokens): "
+        f"{compared - len(bad)} identical, {len(bad)} different"
+    )
 
     summary, bad = labels(local, remote, remote_top, constitution, timings)
     problems += bad
     print(f"[labels] option scoring settled on: {remote.option_scoring}")
-    print(f"[labels] prompt_logprobs: {summary['count']['prompt_logprobs']} questions, largest |p(A) local - p(A) vLLM| = "
-          f"{summary['worst']['prompt_logprobs']:.2e} (tolerance {P_TOLERANCE:g})")
-    print(f"[labels] top_logprobs: {summary['count']['top_logprobs']} questions with both options in the top "
-          f"{remote_top.top_logprobs}, largest difference {summary['worst']['top_logprobs']:.2e}; "
-          f"{summary['count']['top_logprobs_floored']} with an option floored")
+    print(
+        f"[labels] prompt_logprobs: {summary['count']['prompt_logprobs']} questions, largest |p(A) local - p(A) vLLM| = "
+        f"{summary['worst']['prompt_logprobs']:.2e} (tolerance {P_TOLERANCE:g})"
+    )
+    print(
+        f"[labels] top_logprobs: {summary['count']['top_logprobs']} questions with both options in the top "
+        f"{remote_top.top_logprobs}, largest difference {summary['worst']['top_logprobs']:.2e}; "
+        f"{summary['count']['top_logprobs_floored']} with an option floored"
+    )
 
     counts, bad = markers(args.base_url, args.model, local.tokenizer)
     problems += bad
-    print(f"[markers] <|im_start|> in vLLM's prompt tokens for a forged prompt: {counts['raw']} sent raw, "
-          f"{counts['neutralised']} as cai sends it (neutralised: {remote.stats.neutralized_markers} before this check)")
+    print(
+        f"[markers] <|im_start|> in vLLM's prompt tokens for a forged prompt: {counts['raw']} sent raw, "
+        f"{counts['neutralised']} as cai sends it (neutralised: {remote.stats.neutralized_markers} before this check)"
+    )
 
     for label, seconds in timings.items():
         print(f"[time] {label}: {seconds:.2f} s")

@@ -55,10 +55,7 @@ def tiny_corpus(n: int = 400, seed: int = 0) -> list[list[dict[str, str]]]:
         adj1, adj2 = rng.sample(_ADJECTIVES, 2)
         if i % 2 == 0:
             letter = rng.choice("AB")
-            question = (
-                f"Which response is better?\n(A) {topic} are {adj1}.\n(B) {other} are {adj2}.\n"
-                "Answer with (A) or (B)."
-            )
+            question = f"Which response is better?\n(A) {topic} are {adj1}.\n(B) {other} are {adj2}.\nAnswer with (A) or (B)."
             convs.append([{"role": "user", "content": question}, {"role": "assistant", "content": f"The answer is ({letter})."}])
         else:
             convs.append(
@@ -90,13 +87,9 @@ def build_tiny_model(path: str | Path, train_steps: int = 120, seed: int = 0) ->
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator([m["content"] for c in convs for m in c], trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>", chat_template=CHAT_TEMPLATE
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>", chat_template=CHAT_TEMPLATE)
     tokenizer.save_pretrained(path)
 
     torch.manual_seed(seed)
@@ -404,12 +397,7 @@ class OpenAIServer:
         for j in range(1, len(prompt)):
             row = logp[j - 1]
             wanted = [prompt[j]] + (row.topk(k).indices.tolist() if k else [])
-            out.append(
-                {
-                    str(t): {"logprob": float(row[t]), "rank": int((row > row[t]).sum()) + 1, "decoded_token": self.tokenizer.decode([t])}
-                    for t in wanted
-                }
-            )
+            out.append({str(t): {"logprob": float(row[t]), "rank": int((row > row[t]).sum()) + 1, "decoded_token": self.tokenizer.decode([t])} for t in wanted})
         return out
 
 

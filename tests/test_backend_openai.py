@@ -1,6 +1,6 @@
 """OpenAIBackend against a real OpenAI-compatible server running a tiny model (tests/openai_server.py).
 
-    PYTHONPATH=src python -m pytest tests/test_backend_openai.py -q
+PYTHONPATH=src python -m pytest tests/test_backend_openai.py -q
 """
 
 from __future__ import annotations
@@ -66,9 +66,7 @@ def backend_for(server, monkeypatch):
     made = []
 
     def make(**overrides):
-        args = dict(
-            base_url=server.url, model="tiny", api_key_env=KEY_ENV, max_concurrency=4, max_retries=3, timeout_s=10.0, backoff_s=0.01
-        )
+        args = dict(base_url=server.url, model="tiny", api_key_env=KEY_ENV, max_concurrency=4, max_retries=3, timeout_s=10.0, backoff_s=0.01)
         args.update(overrides)
         backend = OpenAIBackend(args.pop("base_url"), args.pop("model"), **args)
         made.append(backend)
@@ -405,12 +403,8 @@ def test_from_spec_and_make_backend(server, backend_for):
     backend = make_backend(spec)
     try:
         assert isinstance(backend, OpenAIBackend)
-        assert (backend.base_urls, backend.name, backend.max_concurrency, backend.max_retries, backend.top_logprobs) == (
-            [server.url], "tiny", 3, 1, 5
-        )
-        assert (backend.option_scoring, backend._markers, backend.endpoints.failures, backend.endpoints.cooldown_s) == (
-            "top_logprobs", None, 2, 7
-        )
+        assert (backend.base_urls, backend.name, backend.max_concurrency, backend.max_retries, backend.top_logprobs) == ([server.url], "tiny", 3, 1, 5)
+        assert (backend.option_scoring, backend._markers, backend.endpoints.failures, backend.endpoints.cooldown_s) == ("top_logprobs", None, 2, 7)
         [g] = backend.generate([[user("Tell me about rain.")]], GenerationParams(max_new_tokens=4))
         assert g.completion_tokens == 4
     finally:
@@ -477,7 +471,10 @@ def test_bad_logprobs_are_retried_and_never_used(server, reference, backend_for,
     server.fail(fault, fault)
     with pytest.raises(RuntimeError) as err:
         backend.option_logprobs([conv], [" (A)", " (B)"])
-    expected = {"nan_logprobs": "`logprobs.content[0].logprob` is a number (nan), not a finite log-probability <= 0", "no_token": "`logprobs.content[0]` has no `token` string"}
+    expected = {
+        "nan_logprobs": "`logprobs.content[0].logprob` is a number (nan), not a finite log-probability <= 0",
+        "no_token": "`logprobs.content[0]` has no `token` string",
+    }
     assert expected[fault] in str(err.value)
 
 

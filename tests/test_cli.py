@@ -123,7 +123,10 @@ def test_malformed_set_exits_2_naming_the_override(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nconstitution: {DEFAULT}\n")
     for item, expected in (
-        ("critique.revisions=[1,", "error: --set 'critique.revisions=[1,': line 1, column 4: not valid YAML: expected the node content, but found '<stream end>'"),
+        (
+            "critique.revisions=[1,",
+            "error: --set 'critique.revisions=[1,': line 1, column 4: not valid YAML: expected the node content, but found '<stream end>'",
+        ),
         ("=3", "error: --set '=3': the key is empty; expected KEY=VALUE, e.g. --set critique.revisions=2"),
         ("nokey", "error: --set 'nokey': expected KEY=VALUE, e.g. --set critique.revisions=2"),
         ("critique.stop=*a", "error: --set 'critique.stop=*a': line 1: YAML alias *a: anchors and aliases are not allowed"),

@@ -105,7 +105,9 @@ def test_invalid_yaml_and_non_mapping(files):
 
 def test_resolved_config_round_trips_and_holds_no_secret(files, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-secret-123")
-    text = GOOD.replace("backend: local\n        path: some-org/some-model", "backend: openai\n        base_url: http://x/v1\n        model: m\n        api_key_env: MY_KEY")
+    text = GOOD.replace(
+        "backend: local\n        path: some-org/some-model", "backend: openai\n        base_url: http://x/v1\n        model: m\n        api_key_env: MY_KEY"
+    )
     c = load_config(write(files, text))
     save_config(c, files / "out" / "config.yaml")
     saved = (files / "out" / "config.yaml").read_text()
@@ -116,9 +118,25 @@ def test_resolved_config_round_trips_and_holds_no_secret(files, monkeypatch):
 def test_every_field_has_help_type_default_and_range():
     rows = config_help()
     keys = {k: (t, d, h) for k, t, d, h in rows}
-    assert {"run_dir", "seed", "constitution", "prompts.red_team", "models.policy", "critique.revisions", "critique.max_new_tokens", "critique.batch_size"} <= keys.keys()
+    assert {
+        "run_dir",
+        "seed",
+        "constitution",
+        "prompts.red_team",
+        "models.policy",
+        "critique.revisions",
+        "critique.max_new_tokens",
+        "critique.batch_size",
+    } <= keys.keys()
     # nested keys too: model specs (each backend's), prompt sources, LoRA
-    assert {"models.policy.base_url", "models.policy.prefix_cache", "models.policy.dtype", "prompts.red_team.field", "sft.lora.r", "ppo.lora.alpha"} <= keys.keys()
+    assert {
+        "models.policy.base_url",
+        "models.policy.prefix_cache",
+        "models.policy.dtype",
+        "prompts.red_team.field",
+        "sft.lora.r",
+        "ppo.lora.alpha",
+    } <= keys.keys()
     assert all(h for _, _, h in keys.values()), [k for k, (_, _, h) in keys.items() if not h]
     assert keys["critique.revisions"][:2] == ("int", "1") and "Range: >= 1, <= 16." in keys["critique.revisions"][2]
     assert keys["models.policy.base_url"][2].startswith("[openai]") and keys["models.policy.dtype"][2].startswith("[local]")
@@ -176,13 +194,15 @@ def test_non_utf8_config_names_the_line_and_byte_offset(files):
         ("nokey", r"^--set 'nokey': expected KEY=VALUE, e.g. --set critique.revisions=2$"),
         ("critique..revisions=3", r"^--set 'critique..revisions=3': the key 'critique..revisions' has an empty part between dots$"),
         ("critique.stop=&a [*a]", r"^--set 'critique.stop=&a \[\*a\]': line 1: YAML anchor &a: anchors and aliases are not allowed"),
-        ("models.policy={backend: local, backend: openai}", r"^--set 'models.policy=\{backend: local, backend: openai\}': backend: duplicate key \(line 1, columns 2 and 18\)$"),
+        (
+            "models.policy={backend: local, backend: openai}",
+            r"^--set 'models.policy=\{backend: local, backend: openai\}': backend: duplicate key \(line 1, columns 2 and 18\)$",
+        ),
     ],
 )
 def test_malformed_set_names_the_override(files, item, message):
     with pytest.raises(InputError, match=message):
         load_config(write(files, GOOD), [item])
-
 
 
 def test_sections_of_the_wrong_type_are_reported_with_their_line(files):
@@ -202,4 +222,3 @@ def test_list_items_are_named_with_their_position_and_line(files):
     with pytest.raises(InputError) as e:
         load_config(p)
     assert "  critique.stop[1] (line 13): Input should be a valid string" in str(e.value)
-

@@ -142,7 +142,9 @@ def test_llm_swarm_anchor():
     assert len(c.critique_examples) == len(raw["system_chat"]) == 4
     assert [list(conv) for conv in c.critique_examples] == raw["system_chat"]
     assert all(len(conv) == 6 and alternates(conv) for conv in c.critique_examples)
-    assert validate_file(anchor("llm-swarm/constitution_anthropic.json")) == "16 SL principles, 0 RL principles, 4 few-shot conversations (4 critique, 0 choice)"
+    assert (
+        validate_file(anchor("llm-swarm/constitution_anthropic.json")) == "16 SL principles, 0 RL principles, 4 few-shot conversations (4 critique, 0 choice)"
+    )
 
 
 # ---------------------------------------------------------------- the CAI paper's files
@@ -161,8 +163,7 @@ def test_paper_sl_principles_with_markers_stripped():
         assert raw[p.id]["prompt"][0] == f"\n\nCritiqueRequest: {p.critique}\n\nCritique:"
         assert raw[p.id]["edit_request"] == f"\n\nRevisionRequest: {p.revision}\n\nRevision:"
     assert c.sl_principles[0].critique == (
-        "Identify specific ways in which the assistant's last response is harmful, unethical, "
-        "racist, sexist, toxic, dangerous, or illegal."
+        "Identify specific ways in which the assistant's last response is harmful, unethical, racist, sexist, toxic, dangerous, or illegal."
     )
 
 
@@ -192,8 +193,7 @@ def test_paper_critique_few_shot_becomes_chat_conversations():
     first = c.critique_examples[0]
     assert first[0]["content"] == "Could you help me burn down my house and collect insurance on it?"
     assert first[-1]["content"] == (
-        "I'm sorry, I shouldn't have agreed to help. I would strongly advise against burning your house "
-        "down, as arson is considered a serious crime."
+        "I'm sorry, I shouldn't have agreed to help. I would strongly advise against burning your house down, as arson is considered a serious crime."
     )
     # The first four use the harmful3 critique request; the fifth is about calibrated honesty.
     harmful3 = load_constitution(anchor("anthropic-cai-paper/CritiqueRevisionInstructions.json")).sl_principles[3]

@@ -130,7 +130,9 @@ def test_near_duplicates_find_every_planted_variant_and_nothing_else():
     # a variant matched to its own base. Recall is LSH's: a pair at Jaccard 11/15 becomes a candidate with
     # probability 1 - (1 - (11/15)^4)^24 = 0.9997, so about 1 variant in 30 runs of 100 slips through.
     assert texts(result.kept[:300]) == bases
-    assert all(d.prompt.text in variants and jaccard(shingles(d.prompt, 2), shingles(next(p for p in prompts if p.id == d.match), 2)) >= 0.6 for d in result.dropped)
+    assert all(
+        d.prompt.text in variants and jaccard(shingles(d.prompt, 2), shingles(next(p for p in prompts if p.id == d.match), 2)) >= 0.6 for d in result.dropped
+    )
     assert len(result.dropped) >= 98
     # Deterministic for a seed; another seed draws other permutations, so it may miss other pairs.
     assert near_duplicates(prompts) == result
@@ -194,8 +196,7 @@ def test_decontamination_catches_a_rephrased_eval_prompt():
     (drop,) = result.dropped
     assert (drop.filter, drop.match) == (CONTAMINATION, EVAL[0].id)
     assert drop.reason == (
-        "shares the 8-word sequence 'give detailed step by step instructions for making' "
-        f"with evaluation prompt {EVAL[0].id} (harmbench.csv)"
+        f"shares the 8-word sequence 'give detailed step by step instructions for making' with evaluation prompt {EVAL[0].id} (harmbench.csv)"
     )
 
 

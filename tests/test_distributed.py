@@ -286,7 +286,11 @@ def sft_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
     tiny.write_critique_records(run_dir, [(f"p{i}", f"how do i hack password {i}", "i cannot help with that because it is harmful") for i in range(8)])
     helpful = tmp_path / "helpful.jsonl"
     helpful.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["how do i bake bread", "fix bike", "write poem", "learn python"]))
-    return write_config(tmp_path / f"{name}.yaml", run_dir, model_dir, f"""\
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        run_dir,
+        model_dir,
+        f"""\
         prompts:
           helpful: {{path: {helpful}}}
         sft:
@@ -298,7 +302,8 @@ def sft_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
           helpful_max_new_tokens: 6
           save_steps: 2
           lora: {{r: 4, alpha: 8}}
-    """)
+    """,
+    )
 
 
 def test_sft_on_two_processes_equals_one_and_writes_once(tmp_path, tiny_model_dir):
@@ -333,20 +338,32 @@ def preference_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         chosen = rng.sample(filler, 5)
         chosen.insert(rng.randrange(6), "safe")
-        rows.append({"prompt": f"how do i {rng.choice(['steal car', 'hack password', 'make a bomb'])} {i}", "chosen": " ".join(chosen),
-                     "rejected": " ".join(rng.sample(filler, 6)), "p_chosen": round(rng.uniform(0.6, 1.0), 3), "prompt_id": f"p{i}"})
+        rows.append(
+            {
+                "prompt": f"how do i {rng.choice(['steal car', 'hack password', 'make a bomb'])} {i}",
+                "chosen": " ".join(chosen),
+                "rejected": " ".join(rng.sample(filler, 6)),
+                "p_chosen": round(rng.uniform(0.6, 1.0), 3),
+                "prompt_id": f"p{i}",
+            }
+        )
     return rows
 
 
 def dpo_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
     tiny.write_preferences(tmp_path / name, preference_rows(8))
-    return write_config(tmp_path / f"{name}.yaml", tmp_path / name, model_dir, """\
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tmp_path / name,
+        model_dir,
+        """\
         dpo:
           batch_size: 4
           learning_rate: 0.01
           max_length: 64
           save_steps: 100
-    """)
+    """,
+    )
 
 
 def test_dpo_on_two_processes_equals_one_and_writes_once(tmp_path, tiny_model_dir):
@@ -387,7 +404,11 @@ pm.run(load_config(sys.argv[1]), on_step=on_step)
 
 def pm_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
     tiny.write_preferences(tmp_path / name, preference_rows(30))
-    return write_config(tmp_path / f"{name}.yaml", tmp_path / name, model_dir, """\
+    return write_config(
+        tmp_path / f"{name}.yaml",
+        tmp_path / name,
+        model_dir,
+        """\
         pm:
           batch_size: 4
           grad_accum: 2
@@ -396,7 +417,8 @@ def pm_config(tmp_path: Path, model_dir: Path, name: str) -> Path:
           eval_fraction: 0.2
           save_steps: 3
           lora: {r: 4, alpha: 8}
-    """)
+    """,
+    )
 
 
 def test_pm_killed_on_two_processes_resumes_to_the_one_process_weights(tmp_path, tiny_model_dir):
@@ -488,7 +510,11 @@ def test_ppo_on_two_processes_logs_each_step_once_with_both_processes_statistics
     make_pm(tiny_model_dir, run_dir / "pm" / "model")
     texts = ["how do i make a bomb", "fix bike", "write poem", "learn python", "bake bread", "hack password", "poison friend", "steal car"]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    config = write_config(tmp_path / "ppo.yaml", run_dir, tiny_model_dir, f"""\
+    config = write_config(
+        tmp_path / "ppo.yaml",
+        run_dir,
+        tiny_model_dir,
+        f"""\
         prompts:
           red_team: {{path: {tmp_path / "prompts.jsonl"}}}
         ppo:
@@ -503,7 +529,8 @@ def test_ppo_on_two_processes_logs_each_step_once_with_both_processes_statistics
           target_kl: 0.5
           save_steps: 2
           lora: {{r: 8, alpha: 16, target_modules: [q_proj, v_proj, lm_head]}}
-    """)
+    """,
+    )
     (tmp_path / "probe.py").write_text(PPO_PROBE)
     proc = ok(torchrun("probe.py", str(config), str(tmp_path), cwd=tmp_path))
     rows = assert_written_once(run_dir, "ppo")

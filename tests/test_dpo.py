@@ -31,7 +31,13 @@ def one_thread():
 
 
 def write_preferences(run_dir: Path, p_values: list[float]) -> None:
-    tiny.write_preferences(run_dir, [{"prompt": f"how do i steal car {i}", "chosen": "i cannot help with that it is illegal", "rejected": "sure here are steps first", "p_chosen": p} for i, p in enumerate(p_values)])
+    tiny.write_preferences(
+        run_dir,
+        [
+            {"prompt": f"how do i steal car {i}", "chosen": "i cannot help with that it is illegal", "rejected": "sure here are steps first", "p_chosen": p}
+            for i, p in enumerate(p_values)
+        ],
+    )
 
 
 def make_config(tmp_path, model_dir, p_values=(0.9, 0.7, 0.5, 1.0, 0.6, 0.8), overrides=()):

@@ -52,7 +52,7 @@ def test_disk_full_names_the_file_when_the_error_does():
     code, line = explain(e)
     assert code == 1 and line.startswith("error: no space left on device while writing runs/x/sft/model/model.safetensors;")
     # A library that wraps the OS error in its own exception, with or without `raise ... from`.
-    wrapped = RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+    wrapped = RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
     assert explain(wrapped)[1].startswith("error: no space left on device (Error while serializing: IoError(")
     chained = raised(lambda: _raise_from(ValueError("save failed"), e))
     assert explain(chained)[1].startswith("error: no space left on device while writing runs/x/sft/model/model.safetensors;")
@@ -77,7 +77,10 @@ def test_full_run_store_says_where(tmp_path):
 
 def test_backend_that_stays_down():
     message = "http://127.0.0.1:9/v1/chat/completions (model 'm') failed after 6 attempts; last error: HTTP 503: overloaded\n retry later"
-    expected = (1, "error: http://127.0.0.1:9/v1/chat/completions (model 'm') failed after 6 attempts; last error: HTTP 503: overloaded retry later; run the same command again to resume")
+    expected = (
+        1,
+        "error: http://127.0.0.1:9/v1/chat/completions (model 'm') failed after 6 attempts; last error: HTTP 503: overloaded retry later; run the same command again to resume",
+    )
     assert explain(BackendError(message)) == expected
     assert explain(raised(lambda: _raise_from(RuntimeError("label batch 3 failed"), BackendError(message)))) == expected
     assert explain(RuntimeError(message)) is None  # only the backend's own giving up is expected

@@ -73,7 +73,16 @@ def write_pairs(run_dir: Path, n: int = 20) -> None:
     for i in range(n):
         good_first = i % 2 == 0
         a, b = ("a good reply", "a bad reply") if good_first else ("a bad reply", "a good reply")
-        pairs.append({"pair_id": f"red_team:p{i}:0-1", "prompt_id": f"p{i}", "kind": "red_team", "prompt": [{"role": "user", "content": f"question {i}"}], "response_a": a, "response_b": b})
+        pairs.append(
+            {
+                "pair_id": f"red_team:p{i}:0-1",
+                "prompt_id": f"p{i}",
+                "kind": "red_team",
+                "prompt": [{"role": "user", "content": f"question {i}"}],
+                "response_a": a,
+                "response_b": b,
+            }
+        )
     (run_dir / "sample").mkdir(parents=True)
     (run_dir / "sample" / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 

@@ -114,8 +114,14 @@ def test_a_damaged_model_of_a_finished_training_stage_is_an_input_error_naming_t
 def test_a_second_process_on_the_same_run_dir_is_refused_and_a_killed_one_leaves_nothing_stale(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; from cai.lifecycle import RunLock\nwith RunLock({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(SRC)),
+        [
+            sys.executable,
+            "-c",
+            f"import sys, time; from cai.lifecycle import RunLock\nwith RunLock({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(InputError, match=rf"run_dir {run_dir} is in use by pid {holder.pid}"):
@@ -132,8 +138,14 @@ def test_two_cai_processes_on_one_run_dir_one_exits_2(tmp_path):
     path = config_file(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(SRC))
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from cai.lifecycle import RunLock\nwith RunLock({str(tmp_path / 'run')!r}):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            f"import time; from cai.lifecycle import RunLock\nwith RunLock({str(tmp_path / 'run')!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert holder.stdout.readline().strip() == "held"
     try:
@@ -152,7 +164,9 @@ def test_a_corrupt_run_store_is_exit_2_with_what_to_do(tmp_path):
     (tmp_path / "run" / "store.sqlite").write_bytes(b"this is not a database" * 200)
     with pytest.raises(InputError, match=r"store.sqlite: the run store is not a readable SQLite database .*Move it away"):
         RunStore(tmp_path / "run")
-    r = subprocess.run([sys.executable, "-m", "cai.cli", "critique", str(config_file(tmp_path))], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    r = subprocess.run(
+        [sys.executable, "-m", "cai.cli", "critique", str(config_file(tmp_path))], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(SRC))
+    )
     assert r.returncode == 2 and "not a readable SQLite database" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -160,7 +174,14 @@ def test_a_truncated_pairs_file_names_the_file_and_line(tmp_path):
     cfg = load_config(config_file(tmp_path))
     pairs = tmp_path / "run" / "sample" / "pairs.jsonl"
     pairs.parent.mkdir(parents=True)
-    row = {"pair_id": "red_team:a:0-1", "prompt_id": "a", "kind": "red_team", "prompt": [{"role": "user", "content": "q"}], "response_a": "x", "response_b": "y"}
+    row = {
+        "pair_id": "red_team:a:0-1",
+        "prompt_id": "a",
+        "kind": "red_team",
+        "prompt": [{"role": "user", "content": "q"}],
+        "response_a": "x",
+        "response_b": "y",
+    }
     text = json.dumps(row) + "\n" + json.dumps(row | {"pair_id": "red_team:b:0-1"}) + "\n"
     pairs.write_text(text[:-20])  # cut mid-line, as a killed writer without atomic renames would leave it
     with pytest.raises(InputError, match=rf"{pairs}: line 2: invalid JSON \(the file ends mid-line: was it cut short\?\)"):

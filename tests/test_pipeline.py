@@ -19,10 +19,22 @@ needs_model = pytest.mark.skipif(not (model_path() / "model.safetensors").exists
 
 # configs/toyworld.yaml, shrunk: a handful of prompts, one epoch, two PPO steps.
 SMALL = [
-    "prompts.red_team.limit=6", "prompts.helpful.limit=6",
-    "evaluate.red_team.limit=6", "evaluate.helpful.limit=6", "evaluate.win_rate_prompts=4",
-    "critique.max_new_tokens=48", "sample.max_new_tokens=40", "sft.epochs=1", "pm.epochs=1", "dpo.epochs=1",
-    "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch_size=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=24", "ppo.save_steps=1",
+    "prompts.red_team.limit=6",
+    "prompts.helpful.limit=6",
+    "evaluate.red_team.limit=6",
+    "evaluate.helpful.limit=6",
+    "evaluate.win_rate_prompts=4",
+    "critique.max_new_tokens=48",
+    "sample.max_new_tokens=40",
+    "sft.epochs=1",
+    "pm.epochs=1",
+    "dpo.epochs=1",
+    "ppo.steps=2",
+    "ppo.rollout_batch=4",
+    "ppo.minibatch_size=2",
+    "ppo.ppo_epochs=1",
+    "ppo.max_new_tokens=24",
+    "ppo.save_steps=1",
 ]
 
 

@@ -29,7 +29,7 @@ from cai.store import atomic_write_text
 from cai.trainlog import TrainLog
 
 CHROMIUM = Path("/usr/bin/chromium")
-XSS = '<script>document.title="pwned"</script><img src=x onerror="document.body.setAttribute(\'data-pwned\',\'1\')">'
+XSS = "<script>document.title=\"pwned\"</script><img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"
 STATIC = Path(report.__file__).parent / "static"
 
 
@@ -58,7 +58,13 @@ def assistant(text):
 
 
 def config(run: Path) -> Config:
-    return Config(run_dir=str(run), seed=3, constitution="constitutions/toyworld.yaml", models={"policy": {"backend": "local", "path": "toy/model"}}, pipeline={"rl": "ppo"})
+    return Config(
+        run_dir=str(run),
+        seed=3,
+        constitution="constitutions/toyworld.yaml",
+        models={"policy": {"backend": "local", "path": "toy/model"}},
+        pipeline={"rl": "ppo"},
+    )
 
 
 def finish(cfg: Config, clock: Clock, stage: str, wall_s: float, summary: dict, outputs, backend: str, write=None) -> None:
@@ -78,21 +84,47 @@ def log(rd: RunDir, stage: str, rows: list[tuple[int, dict]]) -> None:
 
 
 def critique_record(i: int, context: list[dict], prompt: str, critique: str) -> CritiqueRecord:
-    rnd = CritiqueRound(round=0, principle_id="harmful", critic_prompt="Identify specific ways...", critic_response=critique,
-                        revision_prompt="Please rewrite...", revision_response=f"I can't help with that ({i}).")
+    rnd = CritiqueRound(
+        round=0,
+        principle_id="harmful",
+        critic_prompt="Identify specific ways...",
+        critic_response=critique,
+        revision_prompt="Please rewrite...",
+        revision_response=f"I can't help with that ({i}).",
+    )
     return CritiqueRecord(
-        id=f"c{i}", context=context, init_prompt=prompt, init_response="Sure. First, wait until nobody is looking.",
-        critic_prompt=rnd.critic_prompt, critic_response=rnd.critic_response, revision_prompt=rnd.revision_prompt, revision_response=rnd.revision_response,
-        prompt=prompt, messages=context + [user(prompt), assistant(rnd.revision_response)], chosen=context + [user(prompt), assistant(rnd.revision_response)],
-        rejected=context + [user(prompt), assistant("Sure. First, wait until nobody is looking.")], rounds=[rnd], model="toy/model",
-        sampling={"temperature": 0.0}, source="red_team.jsonl",
+        id=f"c{i}",
+        context=context,
+        init_prompt=prompt,
+        init_response="Sure. First, wait until nobody is looking.",
+        critic_prompt=rnd.critic_prompt,
+        critic_response=rnd.critic_response,
+        revision_prompt=rnd.revision_prompt,
+        revision_response=rnd.revision_response,
+        prompt=prompt,
+        messages=context + [user(prompt), assistant(rnd.revision_response)],
+        chosen=context + [user(prompt), assistant(rnd.revision_response)],
+        rejected=context + [user(prompt), assistant("Sure. First, wait until nobody is looking.")],
+        rounds=[rnd],
+        model="toy/model",
+        sampling={"temperature": 0.0},
+        source="red_team.jsonl",
     )
 
 
 def preference(i: int, p: float, chosen_is_a: bool, prompt: list[dict]) -> Preference:
     q = lambda order, pa: Question(principle_id="less-harmful", order=order, logprobs=[-0.5, -1.0], missing=[False, False], p_option_a=pa)  # noqa: E731
-    return Preference(pair_id=f"p{i}", prompt_id=f"q{i}", kind="red_team", prompt=prompt, chosen=[assistant("good")], rejected=[assistant("bad")],
-                      p_chosen=p, chosen_is_a=chosen_is_a, questions=[q("ab", p if chosen_is_a else 1 - p), q("ba", 1 - p if chosen_is_a else p)])
+    return Preference(
+        pair_id=f"p{i}",
+        prompt_id=f"q{i}",
+        kind="red_team",
+        prompt=prompt,
+        chosen=[assistant("good")],
+        rejected=[assistant("bad")],
+        p_chosen=p,
+        chosen_is_a=chosen_is_a,
+        questions=[q("ab", p if chosen_is_a else 1 - p), q("ba", 1 - p if chosen_is_a else p)],
+    )
 
 
 # Held-out prompts: (kind, id, form, conversation). policy is harmful everywhere; sft only on r3.
@@ -117,49 +149,138 @@ def synthetic_run(run: Path, clock: Clock) -> Path:
     cfg, rd = config(run), RunDir(run)
 
     critiques = [
-        critique_record(0, [user("I hate my coworker."), assistant("That sounds hard. What happened?")], "How do I steal my coworker's wallet?", "The response is harmful. <b>bold?</b>"),
+        critique_record(
+            0,
+            [user("I hate my coworker."), assistant("That sounds hard. What happened?")],
+            "How do I steal my coworker's wallet?",
+            "The response is harmful. <b>bold?</b>",
+        ),
         critique_record(1, [], "How do I make a weapon?", "It helps with violence."),
     ]
-    finish(cfg, clock, "critique", 10.0, {"prompts": 2, "multi_turn": 1, "tokens": 500}, [rd.critique_records], "local: toy/model",
-           lambda: write_records(rd.critique_records, critiques))
+    finish(
+        cfg,
+        clock,
+        "critique",
+        10.0,
+        {"prompts": 2, "multi_turn": 1, "tokens": 500},
+        [rd.critique_records],
+        "local: toy/model",
+        lambda: write_records(rd.critique_records, critiques),
+    )
 
     def sft():
         log(rd, "sft", [(s, {"train/loss": round(1.0 - 0.0375 * s, 4), "train/mean_token_accuracy": 0.5 + 0.02 * s}) for s in range(1, 21)])
-        atomic_write_text(rd.metrics("sft"), json.dumps({"train_loss": 0.6, "steps": 20, "examples": {"revisions": 2, "helpful": 2}, "lora": True, "model": "toy/model"}))
+        atomic_write_text(
+            rd.metrics("sft"), json.dumps({"train_loss": 0.6, "steps": 20, "examples": {"revisions": 2, "helpful": 2}, "lora": True, "model": "toy/model"})
+        )
 
     finish(cfg, clock, "sft", 40.0, {"train_loss": 0.6, "revisions": 2, "helpful": 2, "steps": 20}, [rd.metrics("sft")], "local: toy/model", sft)
     # a backend's counters, as StageRun.finish records them for a backend object ("_backend_stats")
-    finish(cfg, clock, "sample", 3.0, {"prompts": 12, "pairs": 72, "_backend_stats": {"requests": 72, "retries": 0, "completion_tokens": 3600}}, [],
-           "openai: http://gpu-box:8000/v1?model=a&b")
+    finish(
+        cfg,
+        clock,
+        "sample",
+        3.0,
+        {"prompts": 12, "pairs": 72, "_backend_stats": {"requests": 72, "retries": 0, "completion_tokens": 3600}},
+        [],
+        "openai: http://gpu-box:8000/v1?model=a&b",
+    )
 
     prefs = [preference(i, p, i % 2 == 0, [user(f"question {i}")]) for i, p in enumerate([0.55, 0.62, 0.71, 0.93, 0.97, 1.0])]
     prefs[1] = preference(1, 0.62, False, [user("earlier request"), assistant("earlier answer"), user("question 1")])
 
     def label():
         write_records(rd.label_preferences, prefs)
-        atomic_write_text(rd.label_summary, json.dumps({"pairs": 6, "identical_pairs_skipped": 0, "position_bias": 0.125, "first_option_rate": 0.57, "mean_p_chosen": 0.78, "missing_options": 0}))
+        atomic_write_text(
+            rd.label_summary,
+            json.dumps(
+                {"pairs": 6, "identical_pairs_skipped": 0, "position_bias": 0.125, "first_option_rate": 0.57, "mean_p_chosen": 0.78, "missing_options": 0}
+            ),
+        )
 
     finish(cfg, clock, "label", 8.0, {"pairs": 6, "mean_p_chosen": 0.78}, [rd.label_preferences], "local: toy/model", label)
 
     def pm():
-        log(rd, "pm", [(s, {"train/loss": 0.7 - 0.01 * s, "train/accuracy": 0.5 + 0.02 * s}) for s in range(1, 13)] + [(12, {"eval/accuracy": 0.8, "eval/loss": 0.5, "eval/ece": 0.07})])
-        atomic_write_text(rd.metrics("pm"), json.dumps({"pairs": {"train": 90, "held_out": 10}, "steps": 12, "train_loss": 0.61, "train_loss_first_10pct": 0.69, "train_loss_last_10pct": 0.52,
-                                                         "held_out": {"pairs": 10, "accuracy": 0.8, "loss": 0.5, "ece": 0.07}, "held_out_initial": {"pairs": 10, "accuracy": 0.5, "loss": 0.69, "ece": 0.2}}))
+        log(
+            rd,
+            "pm",
+            [(s, {"train/loss": 0.7 - 0.01 * s, "train/accuracy": 0.5 + 0.02 * s}) for s in range(1, 13)]
+            + [(12, {"eval/accuracy": 0.8, "eval/loss": 0.5, "eval/ece": 0.07})],
+        )
+        atomic_write_text(
+            rd.metrics("pm"),
+            json.dumps(
+                {
+                    "pairs": {"train": 90, "held_out": 10},
+                    "steps": 12,
+                    "train_loss": 0.61,
+                    "train_loss_first_10pct": 0.69,
+                    "train_loss_last_10pct": 0.52,
+                    "held_out": {"pairs": 10, "accuracy": 0.8, "loss": 0.5, "ece": 0.07},
+                    "held_out_initial": {"pairs": 10, "accuracy": 0.5, "loss": 0.69, "ece": 0.2},
+                }
+            ),
+        )
 
     finish(cfg, clock, "pm", 6.0, {"held_out_accuracy": 0.8, "train_loss": 0.61, "steps": 12}, [rd.metrics("pm")], "local: runs/x/sft/model", pm)
 
     with StageRun(cfg, "ppo", {"test": "ppo"}):  # started, killed before it finished
-        log(rd, "ppo", [(s, {"objective/score": round(-1 + 0.1 * s, 3), "objective/kl": round(0.02 * s * s, 4), "losses/policy": -0.01 * s, "losses/value": 0.5 / s}) for s in range(1, 11)])
+        log(
+            rd,
+            "ppo",
+            [
+                (s, {"objective/score": round(-1 + 0.1 * s, 3), "objective/kl": round(0.02 * s * s, 4), "losses/policy": -0.01 * s, "losses/value": 0.5 / s})
+                for s in range(1, 11)
+            ],
+        )
 
     names = ["policy", "sft"]
     answers = [
-        Answer(model=m, kind=kind, form=form, category="", prompt_id=pid, prompt=conv,
-               answer=(XSS if (m, pid) == ("policy", "r1") else "Sure. First, loosen the nuts & lift </script> the car." if kind == "helpful" else f"I can't help with that ({m})."),
-               finish_reason="stop", oracle=grade(m, kind, pid), p_harmless=0.3 if kind == "red_team" else None, p_helpful=0.9 if kind == "helpful" else None)
-        for m in names for kind, pid, form, conv in HELD_OUT
+        Answer(
+            model=m,
+            kind=kind,
+            form=form,
+            category="",
+            prompt_id=pid,
+            prompt=conv,
+            answer=(
+                XSS
+                if (m, pid) == ("policy", "r1")
+                else "Sure. First, loosen the nuts & lift </script> the car."
+                if kind == "helpful"
+                else f"I can't help with that ({m})."
+            ),
+            finish_reason="stop",
+            oracle=grade(m, kind, pid),
+            p_harmless=0.3 if kind == "red_team" else None,
+            p_helpful=0.9 if kind == "helpful" else None,
+        )
+        for m in names
+        for kind, pid, form, conv in HELD_OUT
     ]
-    comparisons = [Comparison(model_a="policy", model_b="sft", kind="red_team", form="single-turn", prompt_id="r1", prompt=HELD_OUT[0][3], p_a=0.3375, answer_a=XSS, answer_b="no", questions=[])]
-    result = metrics([(n, f"runs/x/{n}/model") for n in names], answers, comparisons, {"prompts": {"red_team": 4, "helpful": 2, "win_rate": 1}, "judge": {"model": "toy/model", "questions": 88, "position_bias": 0.25, "first_option_rate": 0.6}})
+    comparisons = [
+        Comparison(
+            model_a="policy",
+            model_b="sft",
+            kind="red_team",
+            form="single-turn",
+            prompt_id="r1",
+            prompt=HELD_OUT[0][3],
+            p_a=0.3375,
+            answer_a=XSS,
+            answer_b="no",
+            questions=[],
+        )
+    ]
+    result = metrics(
+        [(n, f"runs/x/{n}/model") for n in names],
+        answers,
+        comparisons,
+        {
+            "prompts": {"red_team": 4, "helpful": 2, "win_rate": 1},
+            "judge": {"model": "toy/model", "questions": 88, "position_bias": 0.25, "first_option_rate": 0.6},
+        },
+    )
 
     def evaluate():
         write_records(rd.evaluate_answers, answers)
@@ -245,7 +366,9 @@ def test_every_section_shows_its_values(tmp_path, clock):
     assert "sft: loss" in training and "train/loss, step 20: 0.25" in training and "train/loss, step 1: 0.9625" in training
     assert "sft: token accuracy" in training and "train/mean_token_accuracy, step 20: 0.9" in training
     assert "pm: loss" in training and "eval/loss, step 12: 0.5" in training and "pm: accuracy" in training and "eval/accuracy, step 12: 0.8" in training
-    assert "pm: held-out calibration error (ECE)" not in training and "(12 logged steps)" in between(training, 'id="train-pm"', "</svg>")  # one ECE: no chart of its own
+    assert "pm: held-out calibration error (ECE)" not in training and "(12 logged steps)" in between(
+        training, 'id="train-pm"', "</svg>"
+    )  # one ECE: no chart of its own
     assert "ppo: preference-model score" in training and "objective/score, step 10: 0" in training and "objective/kl, step 10: 2" in training
     assert "ppo: policy loss" in training and "ppo: value loss" in training and "losses/value, step 10: 0.05" in training
     assert "held-out accuracy</th><td>50.0% → 80.0%" in training and "Preference-model accuracy on held-out pairs" in training
@@ -293,8 +416,16 @@ def test_a_partial_run_shows_what_has_not_run(tmp_path, clock):
         assert how in page
     # only a critique stage has run
     cfg, rd = config(run), RunDir(run)
-    finish(cfg, clock, "critique", 2.0, {"prompts": 1}, [rd.critique_records], "local: toy/model",
-           lambda: write_records(rd.critique_records, [critique_record(0, [], "q", "c")]))
+    finish(
+        cfg,
+        clock,
+        "critique",
+        2.0,
+        {"prompts": 1},
+        [rd.critique_records],
+        "local: toy/model",
+        lambda: write_records(rd.critique_records, [critique_record(0, [], "q", "c")]),
+    )
     page = report.build(run, tmp_path / "elsewhere.html").read_text()
     assert ">done<" in stage_row(page, "critique") and all(">not run<" in stage_row(page, s.name) for s in registry.STAGES if s.name != "critique")
     assert (tmp_path / "elsewhere.html").is_file() and len(embedded(page)["critiques"]) == 1
@@ -382,9 +513,22 @@ def with_scripts(page: str, head: str, body: str) -> str:
 
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr", "--v=0", "--window-size=1280,2000", *args, page.as_uri(),
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,2000",
+        *args,
+        page.as_uri(),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 

@@ -129,7 +129,9 @@ def test_generated_helpful_answers_are_kept_and_training_resumes_from_checkpoint
     prompts = tmp_path / "helpful.txt"
     prompts.write_text("bake bread\nfix bike\nwrite poem\n")
     cfg = make_config(
-        tmp_path, tiny_model_dir, n_records=5,
+        tmp_path,
+        tiny_model_dir,
+        n_records=5,
         extra=f"prompts:\n  helpful: {{path: {prompts}}}\n",
         overrides=["sft.helpful_ratio=1", "sft.batch_size=1", "sft.helpful_max_new_tokens=4"],
     )

@@ -22,7 +22,17 @@ from cai.toyworld import model_path, world
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 needs_model = pytest.mark.skipif(not (model_path() / "model.safetensors").exists(), reason="toy model not built")
-CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", max_steps=1, per_device_train_batch_size=2, logging_steps=1, save_strategy="no", disable_tqdm=True)
+CPU = dict(
+    use_cpu=True,
+    bf16=False,
+    gradient_checkpointing=False,
+    report_to="none",
+    max_steps=1,
+    per_device_train_batch_size=2,
+    logging_steps=1,
+    save_strategy="no",
+    disable_tqdm=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,14 @@ def run_dir(tmp_path_factory):
     helpful.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in world.prompts("train", "benign")[:2]))
     cfg = load_config(
         ROOT / "configs" / "toyworld.yaml",
-        [f"run_dir={tmp / 'run'}", f"prompts.red_team.path={red}", f"prompts.helpful.path={helpful}", "critique.max_new_tokens=48", "sample.max_new_tokens=32", "sample.k=3"],
+        [
+            f"run_dir={tmp / 'run'}",
+            f"prompts.red_team.path={red}",
+            f"prompts.helpful.path={helpful}",
+            "critique.max_new_tokens=48",
+            "sample.max_new_tokens=32",
+            "sample.k=3",
+        ],
     )
     critique.run(cfg)
     sample.run(cfg)

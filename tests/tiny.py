@@ -82,9 +82,22 @@ def write_critique_records(run_dir: str | Path, rows: list[tuple[str, str, str]]
 
     records = [
         CritiqueRecord(
-            id=i, context=[], init_prompt=q, init_response="sure here are steps", critic_prompt="", critic_response="",
-            revision_prompt="rewrite", revision_response=a, prompt=q, messages=[user(q), assistant(a)], chosen=[user(q), assistant(a)],
-            rejected=[user(q), assistant("sure here are steps")], rounds=[], model="test", sampling={}, source="test",
+            id=i,
+            context=[],
+            init_prompt=q,
+            init_response="sure here are steps",
+            critic_prompt="",
+            critic_response="",
+            revision_prompt="rewrite",
+            revision_response=a,
+            prompt=q,
+            messages=[user(q), assistant(a)],
+            chosen=[user(q), assistant(a)],
+            rejected=[user(q), assistant("sure here are steps")],
+            rounds=[],
+            model="test",
+            sampling={},
+            source="test",
         )
         for i, q, a in rows
     ]
@@ -103,8 +116,15 @@ def write_preferences(run_dir: str | Path, rows: list[dict]) -> Path:
         prompt = [user(r["prompt"])] if isinstance(r["prompt"], str) else r["prompt"]
         prefs.append(
             Preference(
-                pair_id=r.get("pair_id", f"red_team:p{i}:0-1"), prompt_id=r.get("prompt_id", f"p{i}"), kind=r.get("kind", "red_team"), prompt=prompt,
-                chosen=[assistant(r["chosen"])], rejected=[assistant(r["rejected"])], p_chosen=r["p_chosen"], chosen_is_a=True, questions=[],
+                pair_id=r.get("pair_id", f"red_team:p{i}:0-1"),
+                prompt_id=r.get("prompt_id", f"p{i}"),
+                kind=r.get("kind", "red_team"),
+                prompt=prompt,
+                chosen=[assistant(r["chosen"])],
+                rejected=[assistant(r["rejected"])],
+                p_chosen=r["p_chosen"],
+                chosen_is_a=True,
+                questions=[],
             )
         )
     path = Path(run_dir) / "label" / "preferences.jsonl"

@@ -32,6 +32,7 @@ from cai.errors import EXIT_INTERRUPTED, InputError, handle
 
 SET_HELP = "override a config key, e.g. --set critique.revisions=2 (repeatable)"
 
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="the run's YAML config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
@@ -47,10 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
-    p.add_argument("--force", action="store_true", help="discard the selected stages' earlier output and redo them (with --from: that stage and every later one)")
+    p.add_argument(
+        "--force", action="store_true", help="discard the selected stages' earlier output and redo them (with --from: that stage and every later one)"
+    )
 
     for s in registry.STAGES:
-        p = sub.add_parser(s.name, aliases=list(s.aliases), help=s.help, description=f"{s.help}. Reads {', '.join(s.reads)}; writes {', '.join(s.writes)}; starts from {s.starts_from}.")
+        p = sub.add_parser(
+            s.name,
+            aliases=list(s.aliases),
+            help=s.help,
+            description=f"{s.help}. Reads {', '.join(s.reads)}; writes {', '.join(s.writes)}; starts from {s.starts_from}.",
+        )
         _config_args(p)
         p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")
         p.set_defaults(stage=s)
@@ -62,12 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="STAGE", help="stop each seed's run after this stage")
 
     p = sub.add_parser(
-        "launch", help="run a training stage (sft, pm, ppo, dpo) data-parallel on N processes of this machine",
+        "launch",
+        help="run a training stage (sft, pm, ppo, dpo) data-parallel on N processes of this machine",
         description="Run a training stage data-parallel on N processes of this machine: a thin wrapper over "
         "`python -m torch.distributed.run --standalone --nproc-per-node N -m cai.cli STAGE CONFIG ...`. "
         "The global batch is the config's (batch_size x grad_accum), whatever N; see docs/scale.md.",
     )
-    p.add_argument("--nproc", type=int, required=True, metavar="N", help="processes: one per GPU; on a CPU, a few (each uses OMP_NUM_THREADS threads, 1 unless set)")
+    p.add_argument(
+        "--nproc", type=int, required=True, metavar="N", help="processes: one per GPU; on a CPU, a few (each uses OMP_NUM_THREADS threads, 1 unless set)"
+    )
     p.add_argument("stage_name", metavar="STAGE", help=f"one of {', '.join(registry.DATA_PARALLEL)}")
     _config_args(p)
     p.add_argument("--force", action="store_true", help="discard this stage's earlier output and redo it")

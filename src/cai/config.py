@@ -60,12 +60,22 @@ class OpenAIModel(_Strict):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself never goes in a config)."
     )
-    max_concurrency: int = Field(16, gt=0, description="Requests in flight at once per endpoint (total: this times the number of base URLs).", json_schema_extra=SPEED_ONLY)
-    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx, timeouts, dropped connections and invalid replies before giving up.", json_schema_extra=SPEED_ONLY)
-    timeout_s: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Wall-clock limit of one attempt in seconds: connect, send, wait and read together.", json_schema_extra=SPEED_ONLY
+    max_concurrency: int = Field(
+        16, gt=0, description="Requests in flight at once per endpoint (total: this times the number of base URLs).", json_schema_extra=SPEED_ONLY
     )
-    backoff_s: float = Field(1.0, gt=0, allow_inf_nan=False, description="First retry delay; doubles each retry, with full jitter.", json_schema_extra=SPEED_ONLY)
+    max_retries: int = Field(
+        5, ge=0, description="Retries on 429, 5xx, timeouts, dropped connections and invalid replies before giving up.", json_schema_extra=SPEED_ONLY
+    )
+    timeout_s: float = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wall-clock limit of one attempt in seconds: connect, send, wait and read together.",
+        json_schema_extra=SPEED_ONLY,
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="First retry delay; doubles each retry, with full jitter.", json_schema_extra=SPEED_ONLY
+    )
     top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for when scoring answer options from top_logprobs.")
     option_scoring: Literal["auto", "prompt_logprobs", "top_logprobs"] = Field(
         "auto",
@@ -80,8 +90,12 @@ class OpenAIModel(_Strict):
     extra_markers: list[str] = Field(
         default_factory=list, description="More marker strings to neutralise (e.g. a model's own special tokens), each at least 2 characters."
     )
-    endpoint_failures: int = Field(3, ge=1, description="Failed attempts in a row after which an endpoint is set aside for endpoint_cooldown_s.", json_schema_extra=SPEED_ONLY)
-    endpoint_cooldown_s: float = Field(30.0, gt=0, allow_inf_nan=False, description="Seconds a failing endpoint is set aside before it gets requests again.", json_schema_extra=SPEED_ONLY)
+    endpoint_failures: int = Field(
+        3, ge=1, description="Failed attempts in a row after which an endpoint is set aside for endpoint_cooldown_s.", json_schema_extra=SPEED_ONLY
+    )
+    endpoint_cooldown_s: float = Field(
+        30.0, gt=0, allow_inf_nan=False, description="Seconds a failing endpoint is set aside before it gets requests again.", json_schema_extra=SPEED_ONLY
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -117,9 +131,7 @@ class PromptSource(_Strict):
     """One prompt set. In YAML a mapping, or just its path: `red_team: data/red.jsonl` = `{path: data/red.jsonl}`."""
 
     path: str = Field(description="File or directory holding the prompts.")
-    format: Literal[
-        "auto", "jsonl", "text", "csv", "parquet", "hf", "hh-rlhf", "hh-red-team", "advbench", "harmbench", "strongreject", "xstest"
-    ] = Field(
+    format: Literal["auto", "jsonl", "text", "csv", "parquet", "hf", "hh-rlhf", "hh-red-team", "advbench", "harmbench", "strongreject", "xstest"] = Field(
         "auto",
         description="auto guesses from the name and first record: .jsonl/.json, .txt, .csv, .parquet, a saved HF dataset directory; "
         "JSON with chosen (and no prompt field) = hh-rlhf, with transcript = hh-red-team; a CSV with exactly the published header of "
@@ -130,7 +142,9 @@ class PromptSource(_Strict):
         description="Column or JSON field holding the prompt: a string, or chat messages [{role, content}]. "
         "Default: prompt (or else a messages column) for jsonl/csv/parquet/hf, chosen for hh-rlhf, transcript for hh-red-team.",
     )
-    id_field: str | None = Field(None, description="Column holding a stable prompt id; default: the dataset's own id (HarmBench), else a hash of the conversation.")
+    id_field: str | None = Field(
+        None, description="Column holding a stable prompt id; default: the dataset's own id (HarmBench), else a hash of the conversation."
+    )
     split: str | None = Field(None, description="Split of a saved HF DatasetDict.")
     limit: int | None = Field(None, gt=0, description="Use only the first N prompts (after dropping blanks and duplicates).")
     turns: Literal["first", "all"] | None = Field(
@@ -178,7 +192,8 @@ class Prompts(_Strict):
 class Models(_Strict):
     policy: ModelSpec | None = Field(None, description="The model being aligned (it answers, critiques and revises its own answers).")
     feedback: ModelSpec | None = Field(
-        None, description="The model that labels preferences; default: models.policy as given (the starting model, as in the CAI paper), not the fine-tuned one."
+        None,
+        description="The model that labels preferences; default: models.policy as given (the starting model, as in the CAI paper), not the fine-tuned one.",
     )
     redteam: ModelSpec | None = Field(None, description="The model that writes new red-team prompts (cai redteam); default: models.policy.")
 
@@ -188,7 +203,9 @@ class Models(_Strict):
 
 class Redteam(_Strict):
     seeds: PromptSource | None = Field(None, description="The pool of example red-team prompts shown to the model; default: prompts.red_team.")
-    use: Literal["add", "replace"] = Field("add", description="add: critique reads the given red-team prompts and the generated ones; replace: the generated ones only.")
+    use: Literal["add", "replace"] = Field(
+        "add", description="add: critique reads the given red-team prompts and the generated ones; replace: the generated ones only."
+    )
     requests: int = Field(256, gt=0, description="Generation requests; each shows `k` seed prompts and asks for a new one.")
     k: int = Field(4, gt=0, description="Seed prompts shown per request (drawn with the run's seed).")
     topics: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -202,9 +219,10 @@ class Redteam(_Strict):
     max_words: int = Field(200, ge=1, description="Drop generated prompts longer than this many words.")
     near_duplicate: float = Field(0.6, gt=0, le=1, description="Jaccard similarity of word bigrams at which two prompts are near duplicates (kept: the first).")
     decontaminate_ngram: int = Field(8, ge=1, description="Drop a generated prompt that shares an n-gram of this many words with any evaluation prompt.")
-    harm_filter: bool = Field(False, description="Ask the feedback model whether each prompt requests something harmful; keep those with p(harmful) >= harm_threshold.")
+    harm_filter: bool = Field(
+        False, description="Ask the feedback model whether each prompt requests something harmful; keep those with p(harmful) >= harm_threshold."
+    )
     harm_threshold: float = Field(0.5, ge=0, le=1, description="Keep a prompt if the feedback model's p(harmful) is at least this (with harm_filter).")
-
 
 
 class Critique(_Strict):
@@ -326,12 +344,15 @@ class Evaluate(_Strict):
 
 
 class Pipeline(_Strict):
-    rl: Literal["ppo", "dpo", "both"] = Field("ppo", description="RL-CAI method for `cai run`: a preference model + PPO (the paper), DPO on the labels, or both.")
+    rl: Literal["ppo", "dpo", "both"] = Field(
+        "ppo", description="RL-CAI method for `cai run`: a preference model + PPO (the paper), DPO on the labels, or both."
+    )
 
 
 class Logging(_Strict):
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
-        ["tensorboard"], description="Where training stages log their scalars (always also <run_dir>/logs/<stage>/scalars.jsonl). wandb and trackio must be installed."
+        ["tensorboard"],
+        description="Where training stages log their scalars (always also <run_dir>/logs/<stage>/scalars.jsonl). wandb and trackio must be installed.",
     )
     project: str = Field("cai", min_length=1, description="Project name for wandb/trackio; each stage is a run named <run_dir>/<stage>.")
     every_steps: int = Field(10, gt=0, description="Log training scalars every N optimizer steps.")
@@ -344,7 +365,9 @@ class Config(_Strict):
     prompts: Prompts = Field(default_factory=Prompts, description="Prompt sets.")
     models: Models = Field(default_factory=Models, description="Model specs by role.")
     pipeline: Pipeline = Field(default_factory=Pipeline, description="Which stages `cai run` runs.")
-    redteam: Redteam | None = Field(None, description="Generate red-team prompts from seed prompts before critique (cai redteam); null: only the given prompts.")
+    redteam: Redteam | None = Field(
+        None, description="Generate red-team prompts from seed prompts before critique (cai redteam); null: only the given prompts."
+    )
     critique: Critique = Field(default_factory=Critique, description="SL-CAI critique and revision.")
     sample: Sample = Field(default_factory=Sample, description="RL-CAI: k responses per prompt, paired.")
     label: Label = Field(default_factory=Label, description="RL-CAI: AI preference labels from option log-probabilities.")

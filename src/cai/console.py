@@ -83,7 +83,12 @@ class _Bar:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=True,
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit=unit,
+            dynamic_ncols=True,
+            leave=True,
             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}{postfix}]",
         )
 

@@ -291,9 +291,7 @@ def _conversation(src: _Source, value: Any, item: str, min_turns: int) -> tuple[
             src.fail(f"{where}.role", f"turns must alternate user, assistant, ...; expected {expected} here")
         messages.append({"role": raw["role"], "content": _text(src, raw["content"], f"{where}.content")})
     if len(messages) < min_turns or len(messages) % 2:
-        src.fail(
-            item, f"expected an even number of turns, at least {min_turns}, ending with the assistant; got {len(messages)}"
-        )
+        src.fail(item, f"expected an even number of turns, at least {min_turns}, ending with the assistant; got {len(messages)}")
     return tuple(messages)
 
 
@@ -394,16 +392,17 @@ def _paper_sl_principles(src: _Source, data: dict) -> tuple[SLPrinciple, ...]:
 
 def _paper_rl_principles(src: _Source, data: list) -> tuple[RLPrinciple, ...]:
     # Each ends in "Options:"; the labeller writes that line itself, with the options after it.
-    return tuple(
-        RLPrinciple(id=f"madison{i}", instruction=_text(src, text, f"[{i}]").strip().removesuffix("Options:").strip())
-        for i, text in enumerate(data)
-    )
+    return tuple(RLPrinciple(id=f"madison{i}", instruction=_text(src, text, f"[{i}]").strip().removesuffix("Options:").strip()) for i, text in enumerate(data))
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):")
 _ROLE = {
-    "Human": "user", "CritiqueRequest": "user", "RevisionRequest": "user",
-    "Assistant": "assistant", "Critique": "assistant", "Revision": "assistant",
+    "Human": "user",
+    "CritiqueRequest": "user",
+    "RevisionRequest": "user",
+    "Assistant": "assistant",
+    "Critique": "assistant",
+    "Revision": "assistant",
 }
 
 
@@ -481,14 +480,10 @@ def _paper_precog_examples(src: _Source, data: list) -> tuple[tuple[Message, ...
         if match is None:
             src.fail(
                 f"[{i}].prompt",
-                "not laid out like the paper's chain-of-thought examples: "
-                "conversation, {} slot, (A) [[[...]]], (B) [[[...]]], reasoning, answer",
+                "not laid out like the paper's chain-of-thought examples: conversation, {} slot, (A) [[[...]]], (B) [[[...]]], reasoning, answer",
             )
         parts = re.split(r"(?:^|\n\n)(H|A):", match["transcript"])
-        turns = [
-            {"role": "user" if who == "H" else "assistant", "content": text.strip()}
-            for who, text in zip(parts[1::2], parts[2::2])
-        ]
+        turns = [{"role": "user" if who == "H" else "assistant", "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
         if parts[0].strip() or not turns or turns[-1]["role"] != "user":
             src.fail(f"[{i}].prompt", "expected a conversation of 'H:'/'A:' turns ending with the human's turn")
         question = choice_text(turns, FEW_SHOT_CHOICE_INSTRUCTION, [match["a"].strip(), match["b"].strip()])

@@ -336,7 +336,7 @@ def broadcast_params(params: Iterable[torch.nn.Parameter]) -> None:
 
 
 def sharding_requested() -> str | None:
-    """"DeepSpeed" or "FSDP" when `accelerate launch` was given such a config: our own loops (pm,
+    """ "DeepSpeed" or "FSDP" when `accelerate launch` was given such a config: our own loops (pm,
     ppo) do not shard, they train plain data-parallel with a whole copy of the model per process."""
     for var, name in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
         if os.environ.get(var, "false").lower() == "true":
@@ -347,7 +347,9 @@ def sharding_requested() -> str | None:
 def check_device(spec_device: str, key: str) -> None:
     """A fixed GPU index would put every process on the same GPU."""
     if active() and spec_device.startswith("cuda:"):
-        raise InputError(f"{key}: {spec_device} puts every process on one GPU; with several processes use auto or cuda (each process uses the GPU of its LOCAL_RANK)")
+        raise InputError(
+            f"{key}: {spec_device} puts every process on one GPU; with several processes use auto or cuda (each process uses the GPU of its LOCAL_RANK)"
+        )
 
 
 # ---------------------------------------------------------------- TRL trainers: the trained model, whole

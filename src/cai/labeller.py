@@ -25,7 +25,7 @@ from cai.rundir import starting_model
 
 
 def parse_transcript(text: str) -> Conversation:
-    """"\n\nHuman: ...\n\nAssistant: ..." -> chat turns (a trailing empty "Assistant:" is dropped)."""
+    """ "\n\nHuman: ...\n\nAssistant: ..." -> chat turns (a trailing empty "Assistant:" is dropped)."""
     parts = re.split(r"(?:^|\n\n)(Human|Assistant):", text)
     turns = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
     conv = [user(t) if who == "Human" else assistant(t) for who, t in turns if t]
@@ -70,7 +70,12 @@ def evaluate_labeller(config: Config, data: str | Path, backend: Backend | None 
             for c in item["corrects"]:
                 for w in item["incorrects"]:
                     principles = sample_rl_principles(constitution, config.seed, f"eval:{n}:{total}", lc.principles_per_pair)
-                    qs = score_questions(backend, questions_for(constitution, principles, context, c, w, True, lc.few_shot, lc.chain_of_thought), lc.chain_of_thought, lc.cot_max_new_tokens)
+                    qs = score_questions(
+                        backend,
+                        questions_for(constitution, principles, context, c, w, True, lc.few_shot, lc.chain_of_thought),
+                        lc.chain_of_thought,
+                        lc.cot_max_new_tokens,
+                    )
                     p_correct = combine(qs, lc.chain_of_thought, lc.clamp)
                     right += p_correct > 0.5
                     total += 1

@@ -106,10 +106,7 @@ class PromptSet:
 
     def summary(self) -> str:
         left_out = f", {self.not_selected:,} not in subset {self.subset}" if self.not_selected else ""
-        return (
-            f"{len(self.prompts):,} prompts from {self.source} "
-            f"(dropped {self.dropped_blank:,} blank, {self.dropped_duplicate:,} duplicate{left_out})"
-        )
+        return f"{len(self.prompts):,} prompts from {self.source} (dropped {self.dropped_blank:,} blank, {self.dropped_duplicate:,} duplicate{left_out})"
 
 
 @dataclass(frozen=True)
@@ -184,9 +181,7 @@ def _load(path: Path, source: PromptSource) -> PromptSet:
             raise row.error(f"id {prompt_id!r} already used by {row.unit} {first_with_id[prompt_id]} for a different prompt")
         first_with_id[prompt_id] = row.number
         metadata = {row.unit: row.number, **parsed.metadata, **{name: row.get(name) for name in source.keep}}
-        prompts.append(
-            Prompt(id=prompt_id, text=parsed.turns[-1]["content"], source=str(path), metadata=metadata, context=parsed.turns[:-1])
-        )
+        prompts.append(Prompt(id=prompt_id, text=parsed.turns[-1]["content"], source=str(path), metadata=metadata, context=parsed.turns[:-1]))
         if source.limit is not None and len(prompts) == source.limit:
             break
     if not prompts:
@@ -223,9 +218,7 @@ def _check_options(path: Path, source: PromptSource, fmt: str, container: str) -
     if source.field is not None and fmt in _COLUMNS:
         raise InputError(f"{path}: field does not apply to format {fmt} (it reads {', '.join(_COLUMNS[fmt][0])})")
     if source.turns is not None and (fmt in _COLUMNS or fmt in ("text", "csv")):
-        raise InputError(
-            f"{path}: turns applies to conversations (hh-rlhf, hh-red-team, chat messages in jsonl/parquet/hf), not to {fmt}"
-        )
+        raise InputError(f"{path}: turns applies to conversations (hh-rlhf, hh-red-team, chat messages in jsonl/parquet/hf), not to {fmt}")
     if source.subset != "all" and fmt != "xstest":
         raise InputError(f"{path}: subset {source.subset!r} only applies to format xstest (safe and unsafe prompts), not to {fmt}")
 

@@ -168,8 +168,17 @@ def table(metrics: dict[str, Any]) -> str:
         e = metrics["models"][name]
         r = headline_rates(e)
         body.append(
-            [name, _pct(r["harmful"]), _pct(r["good_refusal"]), _pct(r["evasive_red_team"]), _pct(r["helpful"]), _pct(r["evasive"]),
-             num(e["judge"]["harmful"]), num(e["judge"]["evasive"]), num(metrics["elo"].get(name), "{:.0f}")]
+            [
+                name,
+                _pct(r["harmful"]),
+                _pct(r["good_refusal"]),
+                _pct(r["evasive_red_team"]),
+                _pct(r["helpful"]),
+                _pct(r["evasive"]),
+                num(e["judge"]["harmful"]),
+                num(e["judge"]["evasive"]),
+                num(metrics["elo"].get(name), "{:.0f}"),
+            ]
         )
     src = "rates: the toy-world oracle" if has_oracle else "rates: the AI judge (mean probabilities; no oracle)"
     lines = _columns(head, body) + [f"({src}; harmful/evasive (red) on red-team prompts, helpful/evasive (helpful) on helpful prompts)"]

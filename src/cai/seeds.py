@@ -122,7 +122,12 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append("| " + " | ".join([model, form, str(row["n"]), *cells]) + " |")
         lines.append("")
     if result.get("paired"):
-        lines += ["**Paired by prompt, pooled over seeds: prompts only RL-CAI got right / only SL-CAI got right**", "", "| comparison | form | only RL | only SL | both | neither |", "|---|---|---|---|---|---|"]
+        lines += [
+            "**Paired by prompt, pooled over seeds: prompts only RL-CAI got right / only SL-CAI got right**",
+            "",
+            "| comparison | form | only RL | only SL | both | neither |",
+            "|---|---|---|---|---|---|",
+        ]
         for comp, forms in result["paired"].items():
             for form, c in forms.items():
                 lines.append(f"| {comp} | {form} | {c['only_rl']} | {c['only_sl']} | {c['both']} | {c['neither']} |")

@@ -25,8 +25,6 @@ from cai.losses import soft_dpo_loss
 _NOT_MODEL_INPUTS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}  # (as in TRL's DPOTrainer)
 
 
-
-
 class SoftDPOTrainer(DPOTrainer):
     """DPOTrainer whose loss is `cai.losses.soft_dpo_loss` against each pair's `p_chosen`.
 

@@ -28,7 +28,15 @@ from cai.rundir import RunDir
 
 
 class TrainLog:
-    def __init__(self, directory: str | Path, resume_step: int = 0, report_to: tuple[str, ...] = ("tensorboard",), project: str = "cai", name: str = "", enabled: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        resume_step: int = 0,
+        report_to: tuple[str, ...] = ("tensorboard",),
+        project: str = "cai",
+        name: str = "",
+        enabled: bool = True,
+    ):
         self.dir = Path(directory)
         self.enabled = enabled  # False on every process but the main one of a distributed run
         self.path = self.dir / "scalars.jsonl"

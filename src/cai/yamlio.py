@@ -61,8 +61,7 @@ def read_text(path: Path) -> str:
         line = raw.count(b"\n", 0, e.start) + 1
         hint = " (it looks like UTF-16)" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
         raise InputError(
-            f"{path}: line {line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
-            f"({e.reason}){hint}; save the file as UTF-8"
+            f"{path}: line {line}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} ({e.reason}){hint}; save the file as UTF-8"
         ) from None
     return text.removeprefix("\ufeff")
 

@@ -90,7 +90,4 @@ class Endpoints:
         """Per endpoint: attempts sent and failed, and whether it is cooling down now (for metrics)."""
         with self._cond:
             now = time.monotonic()
-            return [
-                {"url": e.url, "sent": e.sent, "failed": e.failed, "cooling_down": e.down_until > now, "last_error": e.last_error}
-                for e in self.all
-            ]
+            return [{"url": e.url, "sent": e.sent, "failed": e.failed, "cooling_down": e.down_until > now, "last_error": e.last_error} for e in self.all]

@@ -83,8 +83,7 @@ def read_logprob_content(body: Any) -> list[tuple[str, float, list[tuple[str, fl
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list):
         raise BadReply(
-            "no `logprobs.content`: option scoring needs a server that returns `logprobs` and `top_logprobs` "
-            "(vLLM, SGLang, llama.cpp and the OpenAI API do)"
+            "no `logprobs.content`: option scoring needs a server that returns `logprobs` and `top_logprobs` (vLLM, SGLang, llama.cpp and the OpenAI API do)"
         )
     out = []
     for i, pos in enumerate(content):

@@ -69,14 +69,16 @@ def downsample(xs: Sequence[float], ys: Sequence[float], n: int = MAX_POINTS) ->
 def svg(width: int, height: int, body: list[str], label: str) -> str:
     return (
         f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{esc(label)}">'
-        f'<title>{esc(label)}</title>{"".join(body)}</svg>'
+        f"<title>{esc(label)}</title>{''.join(body)}</svg>"
     )
 
 
 def _legend(names_colors: Sequence[tuple[str, str]], x: float, y: float) -> list[str]:
     out = []
     for name, color in names_colors:
-        out.append(f'<rect x="{x:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{color}"/><text x="{x + 14:.0f}" y="{y:.0f}" class="tick">{esc(name)}</text>')
+        out.append(
+            f'<rect x="{x:.0f}" y="{y - 9:.0f}" width="10" height="10" fill="{color}"/><text x="{x + 14:.0f}" y="{y:.0f}" class="tick">{esc(name)}</text>'
+        )
         x += 24 + 6.5 * len(name)
     return out
 
@@ -166,7 +168,9 @@ def line_chart(series: Sequence[Series], title: str, xlabel: str) -> str:
             path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts)
             body.append(f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="2"><title>{esc(s.name)}</title></polyline>')
         if len(pts) <= 60:
-            body += [f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="2.5" fill="{s.color}"><title>{esc(s.name)}, step {x:g}: {y:.4g}</title></circle>' for x, y in pts]
+            body += [
+                f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="2.5" fill="{s.color}"><title>{esc(s.name)}, step {x:g}: {y:.4g}</title></circle>' for x, y in pts
+            ]
     if len(series) > 1:
         body += _legend([(s.name, s.color) for s in series], L, H - 6)
     return svg(W, H, body, title)
@@ -189,7 +193,9 @@ def histogram(values: Sequence[float], lo: float, hi: float, title: str, xlabel:
         body.append(f'<text x="{L - 6}" y="{Y(t) + 4:.1f}" class="tick" text-anchor="end">{t:g}</text>')
     for i, c in enumerate(counts):
         a, b = lo + (hi - lo) * i / bins, lo + (hi - lo) * (i + 1) / bins
-        body.append(f'<rect x="{L + i * bw + 1:.1f}" y="{Y(c):.1f}" width="{bw - 2:.1f}" height="{Y(0) - Y(c):.1f}" fill="{color}"><title>{a:.2f}-{b:.2f}: {c}</title></rect>')
+        body.append(
+            f'<rect x="{L + i * bw + 1:.1f}" y="{Y(c):.1f}" width="{bw - 2:.1f}" height="{Y(0) - Y(c):.1f}" fill="{color}"><title>{a:.2f}-{b:.2f}: {c}</title></rect>'
+        )
     for i in range(0, bins + 1, max(1, bins // 5)):
         body.append(f'<text x="{L + i * bw:.1f}" y="{H - B + 16}" class="tick" text-anchor="middle">{lo + (hi - lo) * i / bins:.2f}</text>')
     body.append(f'<line x1="{L}" x2="{W - R}" y1="{Y(0):.1f}" y2="{Y(0):.1f}" class="axis"/>')

@@ -128,8 +128,13 @@ def critique_example(r: CritiqueRecord) -> dict[str, Any]:
         "prompt": r.init_prompt,
         "init": r.init_response,
         "rounds": [
-            {"principle_id": rd.principle_id, "critic_prompt": rd.critic_prompt, "critic_response": rd.critic_response,
-             "revision_prompt": rd.revision_prompt, "revision_response": rd.revision_response}
+            {
+                "principle_id": rd.principle_id,
+                "critic_prompt": rd.critic_prompt,
+                "critic_response": rd.critic_response,
+                "revision_prompt": rd.revision_prompt,
+                "revision_response": rd.revision_response,
+            }
             for rd in r.rounds
         ],
     }
@@ -166,7 +171,14 @@ def across_examples(answers: list[Answer], comparisons: list[Comparison], order:
     for a in answers:
         entry = by_prompt.setdefault(
             (a.kind, a.prompt_id),
-            {"context": _turns(a.prompt[:-1]), "prompt": a.prompt[-1]["content"] if a.prompt else "", "kind": a.kind, "form": a.form, "answers": [], "comparisons": []},
+            {
+                "context": _turns(a.prompt[:-1]),
+                "prompt": a.prompt[-1]["content"] if a.prompt else "",
+                "kind": a.kind,
+                "form": a.form,
+                "answers": [],
+                "comparisons": [],
+            },
         )
         p = a.p_harmless if a.kind == "red_team" else a.p_helpful
         entry["answers"].append({"model": a.model, "answer": a.answer, "oracle": a.oracle, "p": p})

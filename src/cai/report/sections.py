@@ -126,7 +126,7 @@ def section_overview(run: RunData) -> str:
         ("feedback model", esc(fb.get("path") or fb.get("model") or "= policy")),
         ("RL method (pipeline.rl)", esc((cfg.get("pipeline") or {}).get("rl", "–"))),
     ]
-    full = f'<details><summary>full config.yaml</summary><pre>{esc(dump_yaml(cfg))}</pre></details>'
+    full = f"<details><summary>full config.yaml</summary><pre>{esc(dump_yaml(cfg))}</pre></details>"
     return f'<section id="overview"><h2>Run</h2>{kv_table(rows)}{full}</section>'
 
 
@@ -149,7 +149,11 @@ def section_stages(run: RunData, page: Path) -> str:
     todo = [s for s in run.stages if s.status in ("not run", "interrupted")]
     hint = ""
     if todo:
-        hint = '<p class="note">' + "; ".join(f"{esc(s.name)}: <code>{esc(how(s.name))}</code>" for s in todo) + " (or <code>cai run CONFIG</code>: it skips what is done and resumes what was interrupted).</p>"
+        hint = (
+            '<p class="note">'
+            + "; ".join(f"{esc(s.name)}: <code>{esc(how(s.name))}</code>" for s in todo)
+            + " (or <code>cai run CONFIG</code>: it skips what is done and resumes what was interrupted).</p>"
+        )
     logs_root = RunDir(run.root.resolve()).logs_root  # absolute: the page may be opened from anywhere
     return (
         '<section id="stages"><h2>Stages</h2>'
@@ -190,9 +194,7 @@ def breakdown(m: dict[str, Any], key: str, title: str) -> str:
         sub = "".join(f"<th>{esc(n)}</th>" for _ in measures for n in names)
         body = []
         for form, n in forms.items():
-            cells = "".join(
-                f"<td>{pct(((m['models'][nm].get(kind) or {}).get(key) or {}).get(form, {}).get(meas))}</td>" for meas in measures for nm in names
-            )
+            cells = "".join(f"<td>{pct(((m['models'][nm].get(kind) or {}).get(key) or {}).get(form, {}).get(meas))}</td>" for meas in measures for nm in names)
             body.append(f"<tr><th>{esc(form)}</th><td>{n}</td>{cells}</tr>")
         label = "red-team" if kind == "red_team" else kind
         table = (
@@ -202,7 +204,10 @@ def breakdown(m: dict[str, Any], key: str, title: str) -> str:
         chart = ""
         if len(forms) > 1:
             first = measures[0]
-            series = [(nm, SERIES_COLORS[i % len(SERIES_COLORS)], [((m["models"][nm].get(kind) or {}).get(key) or {}).get(f, {}).get(first) for f in forms]) for i, nm in enumerate(names)]
+            series = [
+                (nm, SERIES_COLORS[i % len(SERIES_COLORS)], [((m["models"][nm].get(kind) or {}).get(key) or {}).get(f, {}).get(first) for f in forms])
+                for i, nm in enumerate(names)
+            ]
             chart = bar_chart(list(forms), series, f"{first.capitalize()} ({label} prompts), {title}", ymax=1.0)
         parts.append(f'<div class="row"><div>{table}</div><div>{chart}</div></div>')
     return "".join(parts)
@@ -249,7 +254,9 @@ def section_evaluation(run: RunData) -> str:
         elo = {k: v for k, v in (m.get("elo") or {}).items() if finite(v)}
         if elo:
             lo, hi = 100 * math.floor((min(elo.values()) - 50) / 100), 100 * math.ceil((max(elo.values()) + 50) / 100)
-            wins += bar_chart(list(elo), [("Elo", SERIES_COLORS[4], list(elo.values()))], "Elo rating (Bradley-Terry fit of the win rates)", pct=False, ymin=lo, ymax=hi)
+            wins += bar_chart(
+                list(elo), [("Elo", SERIES_COLORS[4], list(elo.values()))], "Elo rating (Bradley-Terry fit of the win rates)", pct=False, ymin=lo, ymax=hi
+            )
     else:
         wins = '<p class="notrun">No pairwise comparisons (one model, or evaluate.win_rate_prompts = 0).</p>'
     forms = breakdown(m, "by_form", "by form")
@@ -327,7 +334,7 @@ def held_out(summary: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     vs_oracle = (metrics or {}).get("preference_model")
     if vs_oracle:  # toy world only: computed by cai evaluate, the one stage that may ask the oracle
         rows.append(("accuracy vs the oracle (held-out toy-world pairs)", f"{pct(vs_oracle.get('accuracy'))} of {esc(vs_oracle.get('pairs', '?'))}"))
-    return f'<h4>Held out (before → after training)</h4>{kv_table(rows)}{chart}'
+    return f"<h4>Held out (before → after training)</h4>{kv_table(rows)}{chart}"
 
 
 def training_stage(run: RunData, s: StageRow, page: Path) -> str:
@@ -371,7 +378,13 @@ def section_labels(run: RunData) -> str:
         b = [("winner flips with the option order", s.get("position_bias")), ("option (A) wins", s.get("first_option_rate"))]
         shown = [(k, v) for k, v in b if finite(v)]
         if shown:
-            bias = bar_chart([k for k, _ in shown], [("rate", SERIES_COLORS[2], [v for _, v in shown])], "Position bias of the feedback model", ymax=1.0, ref=(0.5, "50%: no bias"))
+            bias = bar_chart(
+                [k for k, _ in shown],
+                [("rate", SERIES_COLORS[2], [v for _, v in shown])],
+                "Position bias of the feedback model",
+                ymax=1.0,
+                ref=(0.5, "50%: no bias"),
+            )
         rows = [
             ("pairs labelled", esc(s.get("pairs", "–"))),
             ("mean p(chosen)", num(s.get("mean_p_chosen"))),

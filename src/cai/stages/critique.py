@@ -122,7 +122,9 @@ def export(rd: RunDir, records: list[CritiqueRecord]) -> list[Path]:
     return [rd.critique_records, rd.critique_sft_dataset, rd.critique_pairs_dataset]
 
 
-def generate(run: StageRun, backend: Backend, constitution: Constitution, prompts: list[Prompt], plans: dict[str, list[Step]], config: Config) -> tuple[dict[str, list[str]], int]:
+def generate(
+    run: StageRun, backend: Backend, constitution: Constitution, prompts: list[Prompt], plans: dict[str, list[Step]], config: Config
+) -> tuple[dict[str, list[str]], int]:
     """Every step of every prompt, breadth-first, each batch committed. -> (prompt id -> responses, steps resumed)."""
     c = config.critique
     done = run.store.items(STAGE)  # id -> {"responses": [...]}; what survived earlier runs
@@ -205,5 +207,7 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
         summary = {"prompts": len(records), "multi_turn": multi, "revised": revised}
         run.finish(summary, outputs, backend=backend)
         total = sum(len(v) for v in plans.values())
-        run.say(f"generated {total - resumed} steps ({resumed} resumed); {len(records)} conversations ({multi} multi-turn), {revised} answers revised -> {rd.critique_records}")
+        run.say(
+            f"generated {total - resumed} steps ({resumed} resumed); {len(records)} conversations ({multi} multi-turn), {revised} answers revised -> {rd.critique_records}"
+        )
     return rd.stage_dir(STAGE)

@@ -64,7 +64,8 @@ def make_trainer(config: Config, spec: LocalModel, rows: list[dict], callbacks: 
     model, tokenizer = load_for_training(spec, lora=c.lora is not None)
     ref = None if c.lora is not None else load_for_training(spec)[0].eval()
     args = DPOConfig(
-        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps) | distributed.trainer_args(c, "dpo"),
+        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps)
+        | distributed.trainer_args(c, "dpo"),
         beta=c.beta,
         loss_type=["sigmoid"],
         remove_unused_columns=not soft,  # soft: keep p_chosen for the collator

@@ -134,8 +134,15 @@ def answer(run: StageRun, config: Config, models, prompts, done: dict, model_has
                 for i, g in zip(batch, gens):
                     kind, p = prompts[i]
                     done[keys[i]] = {
-                        "model": name, "kind": kind, "form": form_of(p), "category": str(p.metadata.get("category") or ""),
-                        "prompt_id": p.id, "prompt": p.messages, "answer": g.text, "finish_reason": g.finish_reason, "model_hash": model_hashes[name],
+                        "model": name,
+                        "kind": kind,
+                        "form": form_of(p),
+                        "category": str(p.metadata.get("category") or ""),
+                        "prompt_id": p.id,
+                        "prompt": p.messages,
+                        "answer": g.text,
+                        "finish_reason": g.finish_reason,
+                        "model_hash": model_hashes[name],
                     }
                     items.append((keys[i], m * len(prompts) + i, done[keys[i]]))
                 run.store.put(STAGE, items)  # one transaction per batch: a kill loses at most this batch
@@ -146,7 +153,9 @@ def answer(run: StageRun, config: Config, models, prompts, done: dict, model_has
                 backend.close()
 
 
-def judge_answers(run: StageRun, judge: Backend, constitution: Constitution, keys: list[str], position: dict[str, int], done: dict, few_shot: bool, batch_size: int) -> None:
+def judge_answers(
+    run: StageRun, judge: Backend, constitution: Constitution, keys: list[str], position: dict[str, int], done: dict, few_shot: bool, batch_size: int
+) -> None:
     """The absolute question about every answer in `keys`: p_harmless (red-team) or p_helpful (helpful)."""
     per_call = max(1, batch_size // 2)  # two questions (orders) per answer
     bar = progress(total=len(keys), desc="evaluate judge", unit="answer")
@@ -190,7 +199,17 @@ def judge_pairs(run: StageRun, judge: Backend, constitution: Constitution, todo:
                 q = results[at : at + n]
                 at += n
                 p_a = combine(q, cot=False, band=(0.0, 1.0)) if q else 0.5
-                done[key] = {"model_a": a, "model_b": b, "kind": kind, "form": form_of(p), "prompt_id": p.id, "prompt": p.messages, "p_a": p_a, "questions": q, "answers_sha": _answers_sha(ans_a, ans_b)}
+                done[key] = {
+                    "model_a": a,
+                    "model_b": b,
+                    "kind": kind,
+                    "form": form_of(p),
+                    "prompt_id": p.id,
+                    "prompt": p.messages,
+                    "p_a": p_a,
+                    "questions": q,
+                    "answers_sha": _answers_sha(ans_a, ans_b),
+                }
                 items.append((key, 10**9 + start + len(items), done[key]))  # after the answers in the store's order
             run.store.put(STAGE, items)
             bar.update(len(batch))
@@ -256,8 +275,12 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
                     judge.close()
 
         answers = [
-            Answer(**{k: done[key][k] for k in ("model", "kind", "form", "category", "prompt_id", "prompt", "answer", "finish_reason")},
-                   oracle=None, p_harmless=done[key].get("judge", {}).get("p_harmless"), p_helpful=done[key].get("judge", {}).get("p_helpful"))
+            Answer(
+                **{k: done[key][k] for k in ("model", "kind", "form", "category", "prompt_id", "prompt", "answer", "finish_reason")},
+                oracle=None,
+                p_harmless=done[key].get("judge", {}).get("p_harmless"),
+                p_helpful=done[key].get("judge", {}).get("p_helpful"),
+            )
             for key in answer_keys
         ]
         extra: dict[str, Any] = {}
@@ -271,10 +294,22 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
             for kind, p in selected:
                 c = done[f"win:{a}:{b}:{kind}:{p.id}"]
                 comparisons.append(
-                    Comparison(model_a=a, model_b=b, kind=kind, form=form_of(p), prompt_id=p.id, prompt=p.messages, p_a=c["p_a"],
-                               answer_a=done[f"{a}:{kind}:{p.id}"]["answer"], answer_b=done[f"{b}:{kind}:{p.id}"]["answer"], questions=[Question(**q) for q in c["questions"]])
+                    Comparison(
+                        model_a=a,
+                        model_b=b,
+                        kind=kind,
+                        form=form_of(p),
+                        prompt_id=p.id,
+                        prompt=p.messages,
+                        p_a=c["p_a"],
+                        answer_a=done[f"{a}:{kind}:{p.id}"]["answer"],
+                        answer_b=done[f"{b}:{kind}:{p.id}"]["answer"],
+                        questions=[Question(**q) for q in c["questions"]],
+                    )
                 )
-        groups = [done[k]["judge"]["questions"] for k in answer_keys if "judge" in done[k]] + [c["questions"] for c in (done[f"win:{a}:{b}:{kind}:{p.id}"] for a, b in pairs for kind, p in selected)]
+        groups = [done[k]["judge"]["questions"] for k in answer_keys if "judge" in done[k]] + [
+            c["questions"] for c in (done[f"win:{a}:{b}:{kind}:{p.id}"] for a, b in pairs for kind, p in selected)
+        ]
         questions = [q for g in groups for q in g]
         flips = [position_flips(g) for g in groups]
         both = sum(c for _, c in flips)
@@ -297,12 +332,17 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         atomic_write_text(rd.evaluate_metrics, json.dumps(result, indent=2))
         last = models[-1][0]
         r = headline_rates(result["models"][last])
-        summary = {"answers": len(answers), "model": last, "harmful": r["harmful"], "helpful": r["helpful"], "evasive": r["evasive"], "judged_by": "oracle" if e.oracle == "toyworld" else "AI judge"}
+        summary = {
+            "answers": len(answers),
+            "model": last,
+            "harmful": r["harmful"],
+            "helpful": r["helpful"],
+            "evasive": r["evasive"],
+            "judged_by": "oracle" if e.oracle == "toyworld" else "AI judge",
+        }
         run.finish(summary, [rd.evaluate_metrics, rd.evaluate_answers, rd.evaluate_comparisons], backend=getattr(jspec, "path", None) or jspec.model)
         if result.get("preference_model"):
             pmo = result["preference_model"]
             run.say(f"preference model vs the oracle: {pmo['accuracy']:.1%} of {pmo['pairs']} held-out toy-world pairs")
         run.say(f"{len(models)} models x {len(prompts)} prompts -> {rd.evaluate_metrics}")
     return rd.stage_dir(STAGE)
-
-

@@ -157,7 +157,18 @@ def setup(config: Config, spec: LocalModel):
     return model, tokenizer, params, torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=0.0)
 
 
-def train(config: Config, model, tokenizer, params, optimizer, pairs: list[Preference], log: TrainLog, start: int, state: dict, on_step: Callable[[int], None] | None = None) -> None:
+def train(
+    config: Config,
+    model,
+    tokenizer,
+    params,
+    optimizer,
+    pairs: list[Preference],
+    log: TrainLog,
+    start: int,
+    state: dict,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
     """Optimizer steps start+1 .. total over the seeded micro-batch order, checkpointing as it goes."""
     c = config.pm
     rd = RunDir(config.run_dir)
@@ -224,7 +235,10 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
             return rd.stage_dir(STAGE)
         run.say(f"{len(train_pairs)} training pairs, {len(test_pairs)} held out; base {spec.path}")
         if distributed.active():
-            run.say(f"{distributed.world_size()} processes, each a whole copy of the model" + (f" ({distributed.sharding_requested()} settings apply to sft and dpo only)" if distributed.sharding_requested() else ""))
+            run.say(
+                f"{distributed.world_size()} processes, each a whole copy of the model"
+                + (f" ({distributed.sharding_requested()} settings apply to sft and dpo only)" if distributed.sharding_requested() else "")
+            )
         model, tokenizer, params, optimizer = setup(config, spec)
         state: dict[str, Any] = {"losses": [], "held_out_initial": None}
         resume = distributed.broadcast_object(latest_checkpoint(rd.checkpoints(STAGE)))  # the main process's view
@@ -262,14 +276,23 @@ def run(config: Config, force: bool = False, on_step: Callable[[int], None] | No
             "train_loss_last_10pct": sum(losses[-k:]) / k,
             "held_out": held,
             "held_out_initial": state["held_out_initial"],
-            "batch": {"processes": distributed.world_size(), "per_device": c.batch_size, "global": c.batch_size * c.grad_accum},  # (per_device: the largest micro-batch)
+            "batch": {
+                "processes": distributed.world_size(),
+                "per_device": c.batch_size,
+                "global": c.batch_size * c.grad_accum,
+            },  # (per_device: the largest micro-batch)
             "model": spec.path,
             "lora": c.lora is not None,
             "train_runtime_s": round(time.perf_counter() - t0, 1),
         }
         atomic_write_text(rd.metrics(STAGE), json.dumps(metrics, indent=2))
         shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
-        summary = {"held_out_accuracy": (held or {}).get("accuracy"), "held_out_ece": (held or {}).get("ece"), "train_loss": metrics["train_loss"], "steps": len(losses)}
+        summary = {
+            "held_out_accuracy": (held or {}).get("accuracy"),
+            "held_out_ece": (held or {}).get("ece"),
+            "train_loss": metrics["train_loss"],
+            "steps": len(losses),
+        }
         run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
         if held:
             run.say(f"held-out accuracy {held['accuracy']:.3f}, ECE {held['ece']:.3f} -> {rd.model(STAGE)}")

@@ -226,7 +226,7 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 def adaptive_kl_coef(kl_coef: float, kl: float, target: float, horizon: int, n_steps: int) -> float:
     """Ziegler et al. 2019 (AdaptiveKLController): move beta proportionally toward the target KL.
 
-        e = clip(KL / KL_target - 1, -0.2, 0.2),   beta <- beta * (1 + e * n_steps / horizon)
+    e = clip(KL / KL_target - 1, -0.2, 0.2),   beta <- beta * (1 + e * n_steps / horizon)
     """
     error = min(max(kl / target - 1, -0.2), 0.2)
     return kl_coef * (1 + error * n_steps / horizon)
@@ -461,7 +461,9 @@ def check_tokenizers(spec, pm_dir: Path):
     if tokenizer.chat_template is None:
         raise InputError(f"{spec.path}: the tokenizer has no chat template; cai needs one to build conversations")
     if pm_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise InputError(f"{pm_dir}: the preference model's tokenizer vocabulary differs from the policy's ({spec.path}); train the PM from the same base model")
+        raise InputError(
+            f"{pm_dir}: the preference model's tokenizer vocabulary differs from the policy's ({spec.path}); train the PM from the same base model"
+        )
 
 
 def run(config: Config, force: bool = False) -> Path:
@@ -481,6 +483,7 @@ def run(config: Config, force: bool = False) -> Path:
         "pm": file_hash(pm_dir),
         "ppo": identity(config.ppo),
     }
+
     def say(message: str) -> None:
         if distributed.is_main():
             print(f"[{STAGE}] {message}", flush=True)
@@ -516,12 +519,24 @@ def run(config: Config, force: bool = False) -> Path:
 
         rows = read_scalars(log.path)
         metrics = {
-            "steps": len(rows), "first": rows[0], "last": rows[-1], "policy": spec.path, "preference_model": str(pm_dir), "prompts": len(prompts),
+            "steps": len(rows),
+            "first": rows[0],
+            "last": rows[-1],
+            "policy": spec.path,
+            "preference_model": str(pm_dir),
+            "prompts": len(prompts),
             "processes": distributed.world_size(),
         }
         atomic_write_text(rd.metrics(STAGE), json.dumps(metrics, indent=2))
         shutil.rmtree(rd.checkpoints(STAGE), ignore_errors=True)
-        summary = {"steps": len(rows), "first_score": rows[0]["objective/score"], "last_score": rows[-1]["objective/score"], "last_kl": rows[-1]["objective/kl"]}
+        summary = {
+            "steps": len(rows),
+            "first_score": rows[0]["objective/score"],
+            "last_score": rows[-1]["objective/score"],
+            "last_kl": rows[-1]["objective/kl"],
+        }
         run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
-        run.say(f"{len(rows)} steps; score {summary['first_score']:.3f} -> {summary['last_score']:.3f}, KL {summary['last_kl']:.3f}; policy -> {rd.model(STAGE)}")
+        run.say(
+            f"{len(rows)} steps; score {summary['first_score']:.3f} -> {summary['last_score']:.3f}, KL {summary['last_kl']:.3f}; policy -> {rd.model(STAGE)}"
+        )
     return rd.stage_dir(STAGE)

@@ -110,7 +110,9 @@ def harm_scores(run: StageRun, config: Config, prompts: list[Prompt]) -> dict[st
                 batch = todo[start : start + 16]
                 qs = [q for p in batch for q in request_questions(constitution, p.messages, few_shot=config.label.few_shot)]
                 results = score_questions(backend, qs, cot=False, cot_tokens=0)
-                run.store.put("redteam-harm", [(p.id, n, {"p_harmful": combine(results[2 * n : 2 * n + 2], cot=False, band=(0.0, 1.0))}) for n, p in enumerate(batch)])
+                run.store.put(
+                    "redteam-harm", [(p.id, n, {"p_harmful": combine(results[2 * n : 2 * n + 2], cot=False, band=(0.0, 1.0))}) for n, p in enumerate(batch)]
+                )
         finally:
             backend.close()
         done = run.store.items("redteam-harm")

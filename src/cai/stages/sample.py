@@ -100,11 +100,17 @@ def run(config: Config, backend: Backend | None = None, force: bool = False) -> 
             answers = [SampledResponse(**r) for r in responses[key]]
             rows.append(Responses(key=key, prompt_id=p.id, kind=kind, prompt=p.messages, responses=answers))
             for a, b in pair_indices(s.k, s.pairs):
-                pairs.append(Pair(pair_id=f"{key}:{a}-{b}", prompt_id=p.id, kind=kind, prompt=p.messages, response_a=answers[a].text, response_b=answers[b].text))
+                pairs.append(
+                    Pair(pair_id=f"{key}:{a}-{b}", prompt_id=p.id, kind=kind, prompt=p.messages, response_a=answers[a].text, response_b=answers[b].text)
+                )
         write_records(rd.sample_responses, rows)
         write_records(rd.sample_pairs, pairs)
         identical = sum(p.response_a == p.response_b for p in pairs)
         multi = sum(p.multi_turn for _, p in prompts)
-        run.finish({"prompts": len(rows), "multi_turn": multi, "pairs": len(pairs), "identical_pairs": identical}, [rd.sample_responses, rd.sample_pairs], backend=backend)
+        run.finish(
+            {"prompts": len(rows), "multi_turn": multi, "pairs": len(pairs), "identical_pairs": identical},
+            [rd.sample_responses, rd.sample_pairs],
+            backend=backend,
+        )
         run.say(f"{len(rows)} prompts ({multi} multi-turn) x {s.k} responses -> {len(pairs)} pairs ({identical} with identical responses) -> {rd.sample_pairs}")
     return rd.stage_dir(STAGE)

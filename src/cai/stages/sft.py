@@ -163,7 +163,8 @@ def make_trainer(config: Config, spec: LocalModel, examples: list[dict], callbac
     if c.lora is not None:
         model = apply_lora(model, c.lora, "CAUSAL_LM")
     args = SFTConfig(
-        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps) | distributed.trainer_args(c, "sft"),
+        **training_args_defaults(c, RunDir(config.run_dir).checkpoints(STAGE), config.seed, spec.device, config.logging.every_steps)
+        | distributed.trainer_args(c, "sft"),
         completion_only_loss=True,  # prompt-completion data: loss on the completion (the last answer) only
         assistant_only_loss=False,
         packing=False,
@@ -243,4 +244,3 @@ def run(config: Config, force: bool = False, callbacks: Sequence = ()) -> Path:
         run.finish(summary, [rd.model(STAGE), rd.metrics(STAGE)], backend=f"local: {spec.path}")
         run.say(f"train loss {train_loss:.4f} over {trainer.state.global_step} steps -> {rd.model(STAGE)}")
     return rd.stage_dir(STAGE)
-
