@@ -22,7 +22,7 @@ def test_config_validates_and_opens_with_how_to_run_it(path):
 def test_toyworld_config_reads_only_training_prompts_and_evaluates_on_held_out_ones():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "toyworld.yaml")
     assert config.prompts.red_team.path.endswith("red_team_train.jsonl") and config.prompts.helpful.path.endswith("helpful_train.jsonl")
-    assert config.evaluate.red_team.path.endswith("red_team_heldout.jsonl") and config.evaluate.oracle == "toyworld"
+    assert config.evaluate.red_team.path.endswith("red_team_validation.jsonl") and config.evaluate.oracle == "toyworld"
 
 
 def test_accelerate_config_is_yaml():
@@ -34,5 +34,6 @@ def test_committed_toyworld_prompt_files_are_what_the_world_generates():
     from cai.toyworld import prompt_files
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
-    for name, (split, kind) in prompt_files.FILES.items():
-        assert (folder / name).read_text() == prompt_files.render(split, kind), f"regenerate with: cai toyworld prompts --out {folder}"
+    assert sorted(p.name for p in folder.glob("*.jsonl")) == sorted(prompt_files.FILES)
+    for name in prompt_files.FILES:
+        assert (folder / name).read_text() == prompt_files.render(name), f"regenerate with: cai toyworld prompts --out {folder}"

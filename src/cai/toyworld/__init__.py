@@ -2,8 +2,10 @@
 
     cai toyworld train     # rebuild the shipped model from a seed (python -m cai.toyworld.train)
     cai toyworld baseline  # measure it (python -m cai.toyworld.baseline)
+    cai toyworld prompts   # write the prompt files of configs/toyworld/ (python -m cai.toyworld.prompt_files)
 
-Modules: world (tasks, phrasings, split, canonical replies), corpus (the pre-training corpus,
+Modules: world (tasks, the train/validation/test split, the ways to ask, canonical replies),
+prompt_files (the pipeline's and evaluation's prompt sets), corpus (the pre-training corpus,
 rendered by cai.templates), train (tokenizer, model, pre-training loop), oracle (ground truth, for
 evaluation only), baseline (the shipped model's numbers). See docs/toyworld.md.
 """
@@ -33,5 +35,5 @@ def load_constitution(path: str | Path | None = None) -> Constitution:
 
 
 def prompts(split: str, kind: str) -> list[str]:
-    """Prompts of the train or held-out tasks: prompts("train" | "heldout", "harmful" | "benign")."""
+    """Single-turn SL-phrased prompts of a split's tasks: prompts("train" | "validation" | "test", "harmful" | "benign")."""
     return world.prompts(split, kind)

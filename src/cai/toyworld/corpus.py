@@ -1,31 +1,40 @@
 """The toy model's pre-training corpus: conversations rendered by cai.templates, the code the stages use.
 
-Four kinds of conversation, over *all* tasks (held-out ones too: the model knows the world, as a
-real pre-trained model does; the pipeline never sees the held-out prompts):
+Five kinds of conversation, over *all* tasks and every way of asking (validation and test tasks,
+held-out phrasings and held-out jailbreaks too: the model knows the world, as a real pre-trained
+model does; the pipeline never sees them). A request is one template of a family
+(world.FAMILIES), and comes after 0, 1 or 2 earlier exchanges (a benign request with its answer, a
+harmful one with a good refusal: world.context_reply), so every skill is learnt in every form.
 
-- dialogue:  [user(prompt)] -> the compliant answer, benign or harmful (helpful-only default);
-             sometimes after the few-shot critique prefix or after an earlier exchange, so the
-             first answer to a request is compliance whatever came before it.
-- critique:  templates.critique_start(constitution, prompt) + compliant answer, then 1-3 rounds of
-             [critique request -> critique, revision request -> revision] under seeded random SL
-             principles (sometimes without the critique: direct revision). Harmful answers are
-             critiqued as harmful (task, category, why, the alternative) and revised into a refusal
-             that offers the alternative; harmless responses are found fine and kept.
-- choice:    templates.choice_question(constitution, principle, [user(prompt)], a, b) answered
+- dialogue:  [earlier turns] user(request) -> the compliant answer, benign or harmful
+             (helpful-only); sometimes after the few-shot critique prefix. The first answer to a
+             request is compliance whatever came before it, refusals in the context included.
+- critique:  templates.critique_start(constitution, conversation) + compliant answer, then 1-3
+             rounds of [critique request -> critique, revision request -> revision] under seeded
+             random SL principles (sometimes without the critique: direct revision). Critiques and
+             revisions are about the LAST answer: a harmful one is critiqued as harmful (task,
+             category, why, the alternative) and revised into a refusal that offers the
+             alternative; a harmless one is found fine and kept.
+- choice:    templates.choice_question(constitution, principle, conversation, a, b) answered
              "The answer is: (A)" or " (B)" with the option every RL principle prefers, both orders
-             equally often. Pairs are harmful-vs-refusal, harmful-vs-evasive, refusal-vs-evasive,
-             helpful-vs-evasive, and harder ones without a refusal cue: a helpful answer against a
-             compliant answer to a harmful task, or to another (off-topic) task, and a refusal
-             against another task's refusal, and a helpful answer against an over-refusal (a
-             benign task refused as if it were harmful, world.over_refusal).
+             equally often; the quoted conversation may be multi-turn. Pairs are harmful-vs-refusal,
+             harmful-vs-evasive, refusal-vs-evasive, helpful-vs-evasive, and harder ones without a
+             refusal cue: a helpful answer against a compliant answer to a harmful task, or to
+             another (off-topic) task, a refusal against another task's refusal, and a helpful
+             answer against an over-refusal (a benign task refused as if harmful, world.over_refusal).
 - judge:     templates.judge_questions, the AI judge's absolute questions (cai evaluate): "is the
              response harmful?" about compliance, refusals and evasions of harmful requests and
              helpful answers to benign ones; "does it help or evade?" about helpful answers,
              evasions and over-refusals of benign requests. Answered with the true option, both
              orders equally often.
+- redteam:   templates.redteam_request(k numbered harmful requests, topic or None) answered with
+             one new harmful request (a task not among the examples; in the topic's harm category
+             when a topic is given), written in a family the pipeline's prompt files use. This is
+             what lets `cai redteam` run offline on the shipped model.
 
-Which option wins is decided from the world's facts (world.answer, world.refusal, ...), never by
-the oracle: the corpus is how the model learns the constitution, not how it is graded.
+Which option wins and what a critique says are decided from the world's facts (world.answer,
+world.refusal, ...), never by the oracle: the corpus is how the model learns the constitution, not
+how it is graded.
 
     from cai.toyworld import corpus, load_constitution
     items = corpus.build(load_constitution(), corpus.Mix(), seed=0)  # [(kind, conversation)]
@@ -40,22 +49,32 @@ from cai import templates
 from cai.records import Constitution, Conversation, assistant, user
 from cai.toyworld import world
 
+KINDS = ("dialogue", "critique", "choice", "judge", "redteam")
+
 
 @dataclass(frozen=True)
 class Mix:
     """How many conversations of each kind, and how they vary."""
 
-    dialogues: int = 3_000
-    critiques: int = 5_000
-    choices: int = 10_000
+    dialogues: int = 4_500
+    critiques: int = 5_500
+    choices: int = 8_000
     judges: int = 2_000
-    p_few_shot: float = 0.5  # critique/choice conversations with the constitution's few-shot prefix
+    redteams: int = 1_500
+    p_few_shot: float = 0.5  # critique/choice/judge conversations with the constitution's few-shot prefix
     p_harmful: float = 0.6  # critique conversations about a harmful task
     p_direct_revision: float = 0.1  # critique conversations that skip the critique
     rounds: tuple[float, ...] = (0.6, 0.32, 0.08)  # P(1, 2, 3 critique-revision rounds)
-    # Choice question types and their weights (see module docstring). The last two need the model
-    # to match an option against the request; at this model size and budget it does not learn that
-    # (docs/toyworld.md), so they get a small share.
+    earlier: tuple[float, ...] = (0.55, 0.3, 0.15)  # P(0, 1, 2 earlier exchanges before the request)
+    # How a request is asked: template families (world.FAMILIES) and their weights.
+    families: tuple[tuple[str, float], ...] = (
+        ("sl", 0.3), ("rl", 0.2), ("heldout_phrasing", 0.2), ("jailbreak", 0.15), ("heldout_jailbreak", 0.15),
+    )
+    redteam_examples: tuple[int, int] = (2, 5)  # k, inclusive range
+    p_topic: float = 0.5  # red-team questions that name a harm category
+    # Choice question types and their weights (see module docstring). offtopic and wrong_refusal
+    # need the model to match an option against the request; at this model size and budget it
+    # does not learn that (docs/toyworld.md), so they get a small share.
     choice_types: tuple[tuple[str, float], ...] = (
         ("harmful_vs_refusal", 0.16),
         ("harmful_vs_evasive", 0.16),
@@ -71,20 +90,27 @@ class Mix:
 CHOICE_TYPES = tuple(name for name, _ in Mix().choice_types)
 
 
-def _random_prompt(rng: random.Random, t: world.Task) -> str:
-    return world.prompt(t, rng.randrange(len(world.PHRASINGS)))
+def ask(rng: random.Random, mix: Mix, t: world.Task, families: tuple[str, ...] | None = None) -> str:
+    """One request for task t, in a family drawn from mix.families (or uniformly from `families`)."""
+    if families is None:
+        names, weights = zip(*mix.families)
+        family = rng.choices(names, weights=weights)[0]
+    else:
+        family = rng.choice(families)
+    return world.request(t, family, rng.randrange(len(world.FAMILIES[family])))
 
 
-def dialogue(rng: random.Random, constitution: Constitution) -> Conversation:
+def conversation(rng: random.Random, mix: Mix, t: world.Task) -> Conversation:
+    """0-2 earlier exchanges about other tasks (world.context_reply answers them), then a request for t."""
+    n = rng.choices(range(len(mix.earlier)), weights=mix.earlier)[0]
+    others = rng.sample([u for u in world.TASKS if u is not t], n)
+    return world.conversation([ask(rng, mix, u) for u in others], ask(rng, mix, t))
+
+
+def dialogue(rng: random.Random, constitution: Constitution, mix: Mix) -> Conversation:
     t = rng.choice(world.TASKS)
-    conv: Conversation = []
-    r = rng.random()
-    if r < 0.2:
-        conv = templates.flatten(constitution.critique_examples)
-    elif r < 0.35:
-        t0 = rng.choice(world.TASKS)
-        conv = [user(_random_prompt(rng, t0)), assistant(world.answer(t0))]
-    return conv + [user(_random_prompt(rng, t)), assistant(world.answer(t))]
+    prefix = templates.flatten(constitution.critique_examples) if rng.random() < 0.2 else []
+    return prefix + conversation(rng, mix, t) + [assistant(world.answer(t))]
 
 
 def _critique(t: world.Task, response: str) -> str:
@@ -96,7 +122,7 @@ def _critique(t: world.Task, response: str) -> str:
 def critique_conversation(rng: random.Random, constitution: Constitution, mix: Mix) -> Conversation:
     kind = "harmful" if rng.random() < mix.p_harmful else "benign"
     t = rng.choice(world.tasks(kind=kind))
-    conv = templates.critique_start(constitution, _random_prompt(rng, t), few_shot=rng.random() < mix.p_few_shot)
+    conv = templates.critique_start(constitution, conversation(rng, mix, t), few_shot=rng.random() < mix.p_few_shot)
     response = world.answer(t)
     conv.append(assistant(response))
     direct = rng.random() < mix.p_direct_revision
@@ -113,7 +139,7 @@ def critique_conversation(rng: random.Random, constitution: Constitution, mix: M
 def choice_pair(rng: random.Random, kind: str, tasks: list[world.Task] | None = None) -> tuple[world.Task, str, str]:
     """(task, preferred response, other response) for a choice question type, from world facts.
 
-    `tasks` restricts every task involved (baseline evaluation passes the held-out tasks)."""
+    `tasks` restricts every task involved (baseline evaluation passes validation or test tasks)."""
     pool = tasks if tasks is not None else list(world.TASKS)
     harmful = [t for t in pool if t.harmful]
     benign = [t for t in pool if not t.harmful]
@@ -147,7 +173,7 @@ def choice_conversation(rng: random.Random, constitution: Constitution, mix: Mix
     a, b = (good, bad) if preferred_first else (bad, good)
     principle = rng.choice(constitution.rl_principles)
     conv = templates.choice_question(
-        constitution, principle, [user(_random_prompt(rng, t))], a, b, few_shot=rng.random() < mix.p_few_shot
+        constitution, principle, conversation(rng, mix, t), a, b, few_shot=rng.random() < mix.p_few_shot
     )
     conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[0 if preferred_first else 1])
     return conv
@@ -174,7 +200,8 @@ def judge_conversation(rng: random.Random, constitution: Constitution, mix: Mix,
             response, true = world.evasion(t, rng.randrange(len(world.EVASIONS))), 0
         else:
             response, true = world.over_refusal(t, rng.randrange(len(world.CATEGORIES))), 0
-    qs = templates.judge_questions(constitution, question, options, _random_prompt(rng, t), response, rng.random() < mix.p_few_shot)
+    context = conversation(rng, mix, t)
+    qs = templates.judge_questions(constitution, question, options, context, response, rng.random() < mix.p_few_shot)
     # order "ab" shows options[0] as (A); pick the order that puts the true option where wanted
     order = "ab" if (true == 0) == true_first else "ba"
     (_, _, conv), = [q for q in qs if q[1] == order]
@@ -182,13 +209,26 @@ def judge_conversation(rng: random.Random, constitution: Constitution, mix: Mix,
     return conv
 
 
+def redteam_conversation(rng: random.Random, mix: Mix) -> Conversation:
+    """k numbered harmful requests (and maybe a topic) -> one new harmful request: another task, of
+    the topic's category if there is one, in a family the pipeline's prompt files use."""
+    k = rng.randint(*mix.redteam_examples)
+    shown = rng.sample(world.tasks(kind="harmful"), k)
+    topic = rng.choice(tuple(world.CATEGORIES)) if rng.random() < mix.p_topic else None
+    fresh = [t for t in world.tasks(kind="harmful") if t not in shown and (topic is None or t.category == topic)]
+    new = rng.choice(fresh)
+    examples = [ask(rng, mix, t, world.PIPELINE_FAMILIES) for t in shown]
+    return templates.redteam_request(examples, topic) + [assistant(ask(rng, mix, new, world.PIPELINE_FAMILIES))]
+
+
 def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[tuple[str, Conversation]]:
-    """The whole corpus as (kind, conversation) pairs, kind in "dialogue" | "critique" | "choice" | "judge",
-    shuffled; the same for the same constitution, mix and seed."""
+    """The whole corpus as (kind, conversation) pairs, kind in KINDS, shuffled; the same for the same
+    constitution, mix and seed."""
     rng = random.Random(seed)
-    items = [("dialogue", dialogue(rng, constitution)) for _ in range(mix.dialogues)]
+    items = [("dialogue", dialogue(rng, constitution, mix)) for _ in range(mix.dialogues)]
     items += [("critique", critique_conversation(rng, constitution, mix)) for _ in range(mix.critiques)]
     items += [("choice", choice_conversation(rng, constitution, mix, preferred_first=i % 2 == 0)) for i in range(mix.choices)]
     items += [("judge", judge_conversation(rng, constitution, mix, true_first=i % 2 == 0)) for i in range(mix.judges)]
+    items += [("redteam", redteam_conversation(rng, mix)) for _ in range(mix.redteams)]
     rng.shuffle(items)
     return items

@@ -37,8 +37,8 @@ PAD, IM_START, IM_END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 @dataclass(frozen=True)
 class ModelShape:
-    hidden_size: int = 128
-    intermediate_size: int = 512
+    hidden_size: int = 192
+    intermediate_size: int = 768
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     max_position_embeddings: int = 1024
@@ -269,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=model_path(), help="output directory (default: the shipped model)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisation and the batch order")
     ap.add_argument("--constitution", type=Path, default=None, help="constitution whose principles the corpus uses (default: constitutions/toyworld.yaml)")
+    ap.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (the weights depend on it: the shipped model used the default)")
     args = ap.parse_args(argv)
-    train(args.out, seed=args.seed, constitution_path=args.constitution)
+    train(args.out, seed=args.seed, config=TrainConfig(threads=args.threads), constitution_path=args.constitution)
     return 0
 
 
