@@ -270,6 +270,7 @@ class Answer(Record):
     answer: str
     finish_reason: str
     oracle: str | None
+    tags: dict[str, str] = {}  # other fields the prompt source kept (`keep:`), e.g. near_miss: "True"
     p_harmless: float | None
     p_helpful: float | None
 

@@ -72,7 +72,9 @@ def aggregate(config: Config, seeds: list[int]) -> dict[str, Any]:
                 entry = per_seed[seed]["models"].get(model, {}).get(kind)
                 if not entry:
                     continue
-                for form, r in [("all", entry), *entry.get("by_form", {}).items()]:
+                groups = [("all", entry), *entry.get("by_form", {}).items()]
+                groups += [(f"{tag}={value}", r) for tag, by in entry.get("by_tag", {}).items() for value, r in by.items()]
+                for form, r in groups:
                     f = forms.setdefault(form, {"n": r["n"], **{m: [] for m, _ in measures}})
                     for m, _ in measures:
                         f[m].append(r[m])

@@ -62,6 +62,15 @@ def form_of(p: Prompt) -> str:
     return str(p.metadata.get("form") or ("multi-turn" if p.multi_turn else "single-turn"))
 
 
+# Prompt metadata that is bookkeeping, not a property to group results by.
+_NOT_TAGS = {"line", "row", "form", "category", "system"}
+
+
+def tags_of(p: Prompt) -> dict[str, str]:
+    """The fields a prompt source kept (`keep:`), to report rates by: e.g. near_miss, type."""
+    return {k: str(v) for k, v in p.metadata.items() if k not in _NOT_TAGS and isinstance(v, (str, int, float, bool))}
+
+
 def load_heldout(config: Config, say) -> list[tuple[str, Prompt]]:
     """(kind, prompt) for the held-out red-team prompts, then the held-out helpful ones."""
     out = []
@@ -138,6 +147,7 @@ def answer(run: StageRun, config: Config, models, prompts, done: dict, model_has
                         "kind": kind,
                         "form": form_of(p),
                         "category": str(p.metadata.get("category") or ""),
+                        "tags": tags_of(p),
                         "prompt_id": p.id,
                         "prompt": p.messages,
                         "answer": g.text,
@@ -277,6 +287,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
         answers = [
             Answer(
                 **{k: done[key][k] for k in ("model", "kind", "form", "category", "prompt_id", "prompt", "answer", "finish_reason")},
+                tags=done[key].get("tags", {}),
                 oracle=None,
                 p_harmless=done[key].get("judge", {}).get("p_harmless"),
                 p_helpful=done[key].get("judge", {}).get("p_helpful"),
