@@ -354,12 +354,20 @@ def test_corpus_is_rendered_by_templates(constitution):
     assert items == corpus.build(constitution, mix, seed=0)  # deterministic
     prefix = templates.flatten(constitution.critique_examples)
     requests = {p.critique for p in constitution.sl_principles} | {p.revision for p in constitution.sl_principles}
-    for kind, conv in items:
+    for item in items:
+        kind, conv = item.kind, item.conversation
         assert conv[-1]["role"] == "assistant"
+        # The loss is on the model's own turns: not the few-shot prefix, not the earlier exchanges.
+        if kind == "critique":
+            assert conv[item.trained_from]["content"].startswith("Sure, here is how to")
+            assert conv[item.trained_from - 1]["role"] == "user" and world.task_of(conv[item.trained_from - 1]["content"])
+        else:
+            assert item.trained_from == len(conv) - 1
         if kind == "dialogue":  # helpful-only: a request is answered with its steps, whatever came before
             assert conv[-2]["role"] == "user" and conv[-1]["content"] == world.answer(world.task_of(conv[-2]["content"]))
         elif kind == "critique":
             few_shot, context = _split_context(conv, prefix, requests)
+            assert item.trained_from == len(context) + (len(prefix) if few_shot else 0)
             assert conv[: len(context) + (len(prefix) if few_shot else 0)] == templates.critique_start(constitution, context, few_shot)
             t = world.task_of(context[-1]["content"])
             rest = conv[len(context) + (len(prefix) if few_shot else 0):]
@@ -401,12 +409,12 @@ def test_corpus_is_rendered_by_templates(constitution):
                 picked = a if last.endswith("(A)") else b
                 assert oracle.prefers(context, picked, b if picked == a else a) == 0
             assert conv[:-1] == expect[:-1] and last in (expect[-1]["content"] + o for o in templates.CHOICE_OPTIONS)
-    kinds = Counter(k for k, _ in items)
+    kinds = Counter(it.kind for it in items)
     assert kinds == {"dialogue": 80, "critique": 200, "choice": 200, "judge": 100, "redteam": 100}
     # Both option orders equally common; multi-turn and every family of request present.
-    firsts = [c[-1]["content"].endswith("(A)") for k, c in items if k == "choice"]
+    firsts = [it.conversation[-1]["content"].endswith("(A)") for it in items if it.kind == "choice"]
     assert sum(firsts) == len(firsts) / 2
-    dialogues = [c for k, c in items if k == "dialogue" and c[0] not in prefix]
+    dialogues = [it.conversation for it in items if it.kind == "dialogue" and it.conversation[0] not in prefix]
     assert any(len(c) >= 6 for c in dialogues) and any(len(c) == 2 for c in dialogues)
     families = {oracle.request_family(c[-2]["content"])[0] for c in dialogues}
     assert families == set(world.FAMILIES)
@@ -427,15 +435,18 @@ def test_corpus_choice_answers_agree_with_the_oracle(constitution):
 def test_encoder_matches_chat_template(constitution):
     from cai.toyworld.train import Encoder, build_tokenizer
 
-    convs = [c for _, c in corpus.build(constitution, corpus.Mix(dialogues=20, critiques=20, choices=20, judges=10, redteams=10), seed=1)]
-    tok = build_tokenizer(sorted({m["content"] for c in convs for m in c} | {"user\n", "assistant\n", "\n"}))
+    items = corpus.build(constitution, corpus.Mix(dialogues=20, critiques=20, choices=20, judges=10, redteams=10), seed=1)
+    tok = build_tokenizer(sorted({m["content"] for it in items for m in it.conversation} | {"user\n", "assistant\n", "\n"}))
     enc = Encoder(tok)
-    for conv in convs:
-        ids, mask = enc(conv)
+    for it in items:
+        conv = it.conversation
+        ids, mask = enc(conv, it.trained_from)
         assert ids == tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
-        # The loss covers exactly the assistant turns and the <|im_end|> closing each.
+        # The loss covers exactly the model's own assistant turns and the <|im_end|> closing each.
         text = tok.decode([i for i, m in zip(ids, mask) if m])
-        assert text == "<|im_end|>".join(m["content"] for m in conv if m["role"] == "assistant") + "<|im_end|>"
+        own = [m["content"] for m in conv[it.trained_from :] if m["role"] == "assistant"]
+        assert text == "<|im_end|>".join(own) + "<|im_end|>"
+        assert enc(conv)[1].count(True) > sum(mask) or it.trained_from == 0 or all(m["role"] == "user" for m in conv[: it.trained_from])
     assert tok.decode(tok("Any text, even unseen: Zürich 42!")["input_ids"]) == "Any text, even unseen: Zürich 42!"
 
 
@@ -498,6 +509,24 @@ def test_shipped_model_labels_agree_with_the_oracle():
     r = toyworld_label_agreement(config, pairs_per_type=40)
     assert r["harmful_vs_refusal"]["agreement"] >= 0.85, r["harmful_vs_refusal"]
     assert r["helpful_vs_harmful"]["agreement"] >= 0.85, r["helpful_vs_harmful"]
+
+
+def test_weighted_lm_loss():
+    """0/1 weights give the usual mean next-token loss; weight 2 on a token counts it twice."""
+    import torch
+
+    from cai.toyworld.train import weighted_lm_loss
+
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    w = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1.0]])
+    mean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), torch.where(w[:, 1:] > 0, ids[:, 1:], -100).reshape(-1))
+    assert weighted_lm_loss(logits, ids, w).item() == pytest.approx(mean.item())
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), ids[:, 1:].reshape(-1), reduction="none").view(2, 4)
+    w2 = w.clone()
+    w2[1, 4] = 2.0
+    twice = (ce[0, 0] + ce[0, 1] + ce[1, 1] + ce[1, 2] + 2 * ce[1, 3]) / 6
+    assert weighted_lm_loss(logits, ids, w2).item() == pytest.approx(twice.item())
 
 
 def test_training_is_deterministic_from_the_seed(tmp_path):

@@ -16,17 +16,19 @@ harmful one with a good refusal: world.context_reply), so every skill is learnt 
              category, why, the alternative) and revised into a refusal that offers the
              alternative; a harmless one is found fine and kept.
 - choice:    templates.choice_question(constitution, principle, conversation, a, b) answered
-             "The answer is: (A)" or " (B)" with the option every RL principle prefers, both orders
-             equally often; the quoted conversation may be multi-turn. Pairs are harmful-vs-refusal,
+             "The answer is: (A)" or " (B)" with the option every RL principle prefers; every pair
+             is asked in both orders (two conversations, the same otherwise), so the position of
+             an option carries no signal and its content all of it; the quoted conversation may be
+             multi-turn. Pairs are harmful-vs-refusal,
              harmful-vs-evasive, refusal-vs-evasive, helpful-vs-evasive, and harder ones without a
              refusal cue: a helpful answer against a compliant answer to a harmful task, or to
              another (off-topic) task, a refusal against another task's refusal, and a helpful
              answer against an over-refusal (a benign task refused as if harmful, world.over_refusal).
 - judge:     templates.judge_questions, the AI judge's absolute questions (cai evaluate): "is the
-             response harmful?" about compliance, refusals and evasions of harmful requests and
-             helpful answers to benign ones; "does it help or evade?" about helpful answers,
-             evasions and over-refusals of benign requests. Answered with the true option, both
-             orders equally often.
+             response harmful?" about compliance (half of them), refusals and evasions of harmful
+             requests and helpful answers to benign ones; "does it help or evade?" about helpful
+             answers, evasions and over-refusals of benign requests. Answered with the true
+             option, in both orders.
 - redteam:   templates.redteam_request(k numbered harmful requests, topic or None) answered with
              one new harmful request (a task not among the examples; in the topic's harm category
              when a topic is given), written in a family the pipeline's prompt files use. This is
@@ -37,7 +39,7 @@ world.refusal, ...), never by the oracle: the corpus is how the model learns the
 how it is graded.
 
     from cai.toyworld import corpus, load_constitution
-    items = corpus.build(load_constitution(), corpus.Mix(), seed=0)  # [(kind, conversation)]
+    items = corpus.build(load_constitution(), corpus.Mix(), seed=0)  # [corpus.Item(kind, conversation, trained_from)]
 """
 
 from __future__ import annotations
@@ -53,15 +55,27 @@ KINDS = ("dialogue", "critique", "choice", "judge", "redteam")
 
 
 @dataclass(frozen=True)
+class Item:
+    """One corpus conversation. Assistant turns from index `trained_from` on are the model's own
+    (they carry the loss); earlier turns are context someone else wrote: the few-shot prefix and
+    the earlier exchanges of a multi-turn request, whose refusals must not teach the model to refuse
+    a first request (the helpful-only model complies with whatever it is asked first)."""
+
+    kind: str
+    conversation: Conversation
+    trained_from: int
+
+
+@dataclass(frozen=True)
 class Mix:
     """How many conversations of each kind, and how they vary."""
 
-    dialogues: int = 4_500
-    critiques: int = 5_500
-    choices: int = 8_000
-    judges: int = 2_000
-    redteams: int = 1_500
-    p_few_shot: float = 0.5  # critique/choice/judge conversations with the constitution's few-shot prefix
+    dialogues: int = 3_500
+    critiques: int = 3_600
+    choices: int = 9_000  # (both orders of 4,500 pairs)
+    judges: int = 5_000  # (both orders of 2,500 questions)
+    redteams: int = 3_000
+    p_few_shot: float = 0.4  # critique/choice/judge conversations with the constitution's few-shot prefix
     p_harmful: float = 0.6  # critique conversations about a harmful task
     p_direct_revision: float = 0.1  # critique conversations that skip the critique
     rounds: tuple[float, ...] = (0.6, 0.32, 0.08)  # P(1, 2, 3 critique-revision rounds)
@@ -71,7 +85,7 @@ class Mix:
         ("sl", 0.3), ("rl", 0.2), ("heldout_phrasing", 0.2), ("jailbreak", 0.15), ("heldout_jailbreak", 0.15),
     )
     redteam_examples: tuple[int, int] = (2, 5)  # k, inclusive range
-    p_topic: float = 0.5  # red-team questions that name a harm category
+    p_topic: float = 0.6  # red-team questions that name a harm category
     # Choice question types and their weights (see module docstring). offtopic and wrong_refusal
     # need the model to match an option against the request; at this model size and budget it
     # does not learn that (docs/toyworld.md), so they get a small share.
@@ -107,10 +121,11 @@ def conversation(rng: random.Random, mix: Mix, t: world.Task) -> Conversation:
     return world.conversation([ask(rng, mix, u) for u in others], ask(rng, mix, t))
 
 
-def dialogue(rng: random.Random, constitution: Constitution, mix: Mix) -> Conversation:
+def dialogue(rng: random.Random, constitution: Constitution, mix: Mix) -> Item:
     t = rng.choice(world.TASKS)
     prefix = templates.flatten(constitution.critique_examples) if rng.random() < 0.2 else []
-    return prefix + conversation(rng, mix, t) + [assistant(world.answer(t))]
+    conv = prefix + conversation(rng, mix, t) + [assistant(world.answer(t))]
+    return Item("dialogue", conv, len(conv) - 1)
 
 
 def _critique(t: world.Task, response: str) -> str:
@@ -119,10 +134,11 @@ def _critique(t: world.Task, response: str) -> str:
     return world.critique_fine(t, response_is_refusal=t.harmful)
 
 
-def critique_conversation(rng: random.Random, constitution: Constitution, mix: Mix) -> Conversation:
+def critique_conversation(rng: random.Random, constitution: Constitution, mix: Mix) -> Item:
     kind = "harmful" if rng.random() < mix.p_harmful else "benign"
     t = rng.choice(world.tasks(kind=kind))
     conv = templates.critique_start(constitution, conversation(rng, mix, t), few_shot=rng.random() < mix.p_few_shot)
+    start = len(conv)
     response = world.answer(t)
     conv.append(assistant(response))
     direct = rng.random() < mix.p_direct_revision
@@ -133,7 +149,7 @@ def critique_conversation(rng: random.Random, constitution: Constitution, mix: M
             conv += [user(principle.critique), assistant(_critique(t, response))]
         response = world.revision(t, response)
         conv += [user(principle.revision), assistant(response)]
-    return conv
+    return Item("critique", conv, start)
 
 
 def choice_pair(rng: random.Random, kind: str, tasks: list[world.Task] | None = None) -> tuple[world.Task, str, str]:
@@ -166,30 +182,35 @@ def choice_pair(rng: random.Random, kind: str, tasks: list[world.Task] | None = 
     raise ValueError(f"unknown choice type {kind!r}")
 
 
-def choice_conversation(rng: random.Random, constitution: Constitution, mix: Mix, preferred_first: bool) -> Conversation:
+def choice_conversations(rng: random.Random, constitution: Constitution, mix: Mix) -> list[Item]:
+    """One choice question in both orders: [preferred option shown as (A), preferred shown as (B)]."""
     names, weights = zip(*mix.choice_types)
     kind = rng.choices(names, weights=weights)[0]
     t, good, bad = choice_pair(rng, kind)
-    a, b = (good, bad) if preferred_first else (bad, good)
     principle = rng.choice(constitution.rl_principles)
-    conv = templates.choice_question(
-        constitution, principle, conversation(rng, mix, t), a, b, few_shot=rng.random() < mix.p_few_shot
-    )
-    conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[0 if preferred_first else 1])
-    return conv
+    context, few_shot = conversation(rng, mix, t), rng.random() < mix.p_few_shot
+    items = []
+    for first, (a, b) in enumerate(((good, bad), (bad, good))):
+        conv = templates.choice_question(constitution, principle, context, a, b, few_shot=few_shot)
+        conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[first])
+        items.append(Item("choice", conv, len(conv) - 1))
+    return items
 
 
-def judge_conversation(rng: random.Random, constitution: Constitution, mix: Mix, true_first: bool) -> Conversation:
-    """One of the AI judge's absolute questions about one answer, answered with the true option."""
-    if rng.random() < 0.5:  # "is it harmful?"
+def judge_conversations(rng: random.Random, constitution: Constitution, mix: Mix) -> list[Item]:
+    """One of the AI judge's absolute questions about one answer, in both orders, answered with the true option."""
+    if rng.random() < 0.5:  # "is it harmful?": half of them about compliance with a harmful request
         question, options = templates.HARM_QUESTION, templates.HARM_OPTIONS
-        t = rng.choice(world.tasks(kind="harmful" if rng.random() < 0.8 else "benign"))
-        if not t.harmful:
-            response, harmful = world.answer(t), False
+        r = rng.random()
+        if r < 0.5:
+            t = rng.choice(world.tasks(kind="harmful"))
+            response, true = world.answer(t), 0
+        elif r < 0.85:
+            t = rng.choice(world.tasks(kind="harmful"))
+            response, true = rng.choice([world.refusal(t), world.evasion(t, rng.randrange(len(world.EVASIONS)))]), 1
         else:
-            response = rng.choice([world.answer(t), world.refusal(t), world.evasion(t, rng.randrange(len(world.EVASIONS)))])
-            harmful = response == world.answer(t)
-        true = 0 if harmful else 1
+            t = rng.choice(world.tasks(kind="benign"))
+            response, true = world.answer(t), 1
     else:  # "does it help or evade?"
         question, options = templates.EVASION_QUESTION, templates.EVASION_OPTIONS
         t = rng.choice(world.tasks(kind="benign"))
@@ -201,15 +222,16 @@ def judge_conversation(rng: random.Random, constitution: Constitution, mix: Mix,
         else:
             response, true = world.over_refusal(t, rng.randrange(len(world.CATEGORIES))), 0
     context = conversation(rng, mix, t)
-    qs = templates.judge_questions(constitution, question, options, context, response, rng.random() < mix.p_few_shot)
-    # order "ab" shows options[0] as (A); pick the order that puts the true option where wanted
-    order = "ab" if (true == 0) == true_first else "ba"
-    (_, _, conv), = [q for q in qs if q[1] == order]
-    conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[0 if true_first else 1])
-    return conv
+    items = []
+    for _, order, conv in templates.judge_questions(constitution, question, options, context, response, rng.random() < mix.p_few_shot):
+        # order "ab" shows options[0] as (A), "ba" as (B)
+        shown = true if order == "ab" else 1 - true
+        conv[-1] = assistant(conv[-1]["content"] + templates.CHOICE_OPTIONS[shown])
+        items.append(Item("judge", conv, len(conv) - 1))
+    return items
 
 
-def redteam_conversation(rng: random.Random, mix: Mix) -> Conversation:
+def redteam_conversation(rng: random.Random, mix: Mix) -> Item:
     """k numbered harmful requests (and maybe a topic) -> one new harmful request: another task, of
     the topic's category if there is one, in a family the pipeline's prompt files use."""
     k = rng.randint(*mix.redteam_examples)
@@ -218,17 +240,17 @@ def redteam_conversation(rng: random.Random, mix: Mix) -> Conversation:
     fresh = [t for t in world.tasks(kind="harmful") if t not in shown and (topic is None or t.category == topic)]
     new = rng.choice(fresh)
     examples = [ask(rng, mix, t, world.PIPELINE_FAMILIES) for t in shown]
-    return templates.redteam_request(examples, topic) + [assistant(ask(rng, mix, new, world.PIPELINE_FAMILIES))]
+    conv = templates.redteam_request(examples, topic) + [assistant(ask(rng, mix, new, world.PIPELINE_FAMILIES))]
+    return Item("redteam", conv, len(conv) - 1)
 
 
-def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[tuple[str, Conversation]]:
-    """The whole corpus as (kind, conversation) pairs, kind in KINDS, shuffled; the same for the same
-    constitution, mix and seed."""
+def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[Item]:
+    """The whole corpus, shuffled; the same for the same constitution, mix and seed."""
     rng = random.Random(seed)
-    items = [("dialogue", dialogue(rng, constitution, mix)) for _ in range(mix.dialogues)]
-    items += [("critique", critique_conversation(rng, constitution, mix)) for _ in range(mix.critiques)]
-    items += [("choice", choice_conversation(rng, constitution, mix, preferred_first=i % 2 == 0)) for i in range(mix.choices)]
-    items += [("judge", judge_conversation(rng, constitution, mix, true_first=i % 2 == 0)) for i in range(mix.judges)]
-    items += [("redteam", redteam_conversation(rng, mix)) for _ in range(mix.redteams)]
+    items = [dialogue(rng, constitution, mix) for _ in range(mix.dialogues)]
+    items += [critique_conversation(rng, constitution, mix) for _ in range(mix.critiques)]
+    items += [it for _ in range(mix.choices // 2) for it in choice_conversations(rng, constitution, mix)]
+    items += [it for _ in range(mix.judges // 2) for it in judge_conversations(rng, constitution, mix)]
+    items += [redteam_conversation(rng, mix) for _ in range(mix.redteams)]
     rng.shuffle(items)
     return items
