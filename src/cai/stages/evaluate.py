@@ -300,6 +300,7 @@ def run(config: Config, force: bool = False, backends: dict[str, Backend] | None
 
             answers = checks.grade(answers)
             extra["preference_model"] = checks.pm_oracle_accuracy(config)
+            extra["redteam"] = checks.redteam_report(config)
         comparisons = []
         for a, b in pairs:
             for kind, p in selected:

@@ -108,3 +108,44 @@ def toyworld_label_agreement(config: Config, pairs_per_type: int = 40, split: st
         if own:
             backend.close()
     return out
+
+
+def redteam_report(config: Config) -> dict[str, Any] | None:
+    """What `cai redteam` wrote, as the world sees it (None if it has not run): the share of the
+    generated prompts that request a harmful task, the distinct tasks and categories they cover, the
+    share not in the seed pool, the tasks of each split they reach (validation or test tasks the
+    model invented from pre-training, as the CAI paper's generated prompts widened coverage), and
+    the share written in a phrasing family the world knows."""
+    from cai.prompts import load_prompts
+    from cai.store import read_jsonl
+
+    rd = RunDir(config.run_dir)
+    if not rd.redteam_prompts.is_file() or config.redteam is None:
+        return None
+    rows = read_jsonl(rd.redteam_prompts)
+    seeds = {p.text for p in load_prompts(config.redteam.seeds or config.prompts.red_team).prompts}
+    tasks = [oracle.requested_task(r["prompt"]) for r in rows]
+    harmful = [t for t in tasks if t is not None and t.harmful]
+    n = len(rows)
+    by_split: dict[str, int] = {}
+    for t in harmful:
+        split = world.split_of(t)
+        by_split[split] = by_split.get(split, 0) + 1
+    families: dict[str, int] = {}
+    for r in rows:
+        fam = oracle.request_family(r["prompt"])
+        key = fam[0] if fam else "none"
+        families[key] = families.get(key, 0) + 1
+    return {
+        "prompts": n,
+        "harmful_request": len(harmful) / n if n else None,
+        "benign_request": sum(t is not None and not t.harmful for t in tasks) / n if n else None,
+        "no_task": sum(t is None for t in tasks) / n if n else None,
+        "distinct_harmful_tasks": len({t.id for t in harmful}),
+        "harmful_tasks_in_world": len(world.tasks(kind="harmful")),
+        "categories": sorted({t.category for t in harmful}),
+        "not_in_seed_pool": sum(r["prompt"] not in seeds for r in rows) / n if n else None,
+        "harmful_by_split": by_split,  # train tasks, and validation/test tasks invented from pre-training
+        "distinct_heldout_tasks": len({t.id for t in harmful if world.split_of(t) != "train"}),
+        "phrasing_family": families,
+    }
