@@ -22,7 +22,10 @@ def test_config_validates_and_opens_with_how_to_run_it(path):
 def test_toyworld_config_reads_only_training_prompts_and_evaluates_on_held_out_ones():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "toyworld.yaml")
     assert config.prompts.red_team.path.endswith("red_team_train.jsonl") and config.prompts.helpful.path.endswith("helpful_train.jsonl")
-    assert config.evaluate.red_team.path.endswith("red_team_validation.jsonl") and config.evaluate.oracle == "toyworld"
+    assert config.prompts.rl_red_team.path.endswith("red_team_rl.jsonl") and config.prompts.rl_helpful.path.endswith("helpful_rl.jsonl")
+    # The README reports the test split; settings are chosen with --set evaluate.*.path=..._validation.jsonl.
+    assert config.evaluate.red_team.path.endswith("red_team_test.jsonl") and config.evaluate.helpful.path.endswith("helpful_test.jsonl")
+    assert config.evaluate.oracle == "toyworld"
 
 
 def test_accelerate_config_is_yaml():

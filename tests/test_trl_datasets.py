@@ -9,8 +9,6 @@ optimizer step of each trainer on each dataset, with the shipped toy model.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from datasets import load_from_disk
@@ -18,7 +16,7 @@ from datasets import load_from_disk
 from cai.config import load_config
 from cai.rundir import RunDir
 from cai.stages import critique, label, sample
-from cai.toyworld import model_path, world
+from cai.toyworld import model_path
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 needs_model = pytest.mark.skipif(not (model_path() / "model.safetensors").exists(), reason="toy model not built")
@@ -39,15 +37,14 @@ CPU = dict(
 def run_dir(tmp_path_factory):
     """A small real run: critique, sample and label on the toy model, a few toy-world prompts."""
     tmp = tmp_path_factory.mktemp("trl")
-    red, helpful = tmp / "red.jsonl", tmp / "helpful.jsonl"
-    red.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in world.prompts("train", "harmful")[:4]))
-    helpful.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in world.prompts("train", "benign")[:2]))
     cfg = load_config(
         ROOT / "configs" / "toyworld.yaml",
         [
             f"run_dir={tmp / 'run'}",
-            f"prompts.red_team.path={red}",
-            f"prompts.helpful.path={helpful}",
+            "prompts.red_team.limit=4",
+            "prompts.helpful.limit=2",
+            "prompts.rl_red_team.limit=4",
+            "prompts.rl_helpful.limit=2",
             "critique.max_new_tokens=48",
             "sample.max_new_tokens=32",
             "sample.k=3",
