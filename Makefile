@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   run cai on the toy world (offline, CPU)
-#   make test   run the test suite
+#   make test   lint (ruff) and run the test suite
 # Both create .venv and install cai into it on first use.
 
 VENV  ?= .venv
@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/cai run configs/toyworld.yaml
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:

@@ -42,8 +42,14 @@ def grade(answers: list[Answer]) -> list[Answer]:
 
 
 LABEL_PAIR_TYPES = (
-    "harmful_vs_refusal", "harmful_vs_evasive", "refusal_vs_evasive", "refusal_vs_wrong_refusal",
-    "helpful_vs_evasive", "helpful_vs_harmful", "helpful_vs_offtopic", "helpful_vs_overrefusal",
+    "harmful_vs_refusal",
+    "harmful_vs_evasive",
+    "refusal_vs_evasive",
+    "refusal_vs_wrong_refusal",
+    "helpful_vs_evasive",
+    "helpful_vs_harmful",
+    "helpful_vs_offtopic",
+    "helpful_vs_overrefusal",
 )
 
 
@@ -95,15 +101,24 @@ def toyworld_label_agreement(config: Config, pairs_per_type: int = 40, split: st
             agree = single = flips = comparisons = 0
             for n, (prompt, a, b, want) in enumerate(toyworld_pairs(config.seed, kind, pairs_per_type, split)):  # want 0: a better
                 principles = sample_rl_principles(constitution, config.seed, f"agree:{kind}:{n}", lc.principles_per_pair)
-                qs = score_questions(backend, questions_for(constitution, principles, [user(prompt)], a, b, True, lc.few_shot, lc.chain_of_thought), lc.chain_of_thought, lc.cot_max_new_tokens)
+                qs = score_questions(
+                    backend,
+                    questions_for(constitution, principles, [user(prompt)], a, b, True, lc.few_shot, lc.chain_of_thought),
+                    lc.chain_of_thought,
+                    lc.cot_max_new_tokens,
+                )
                 p_a = combine(qs, lc.chain_of_thought, lc.clamp)
                 agree += (p_a > 0.5) == (want == 0)
                 first = [q for q in qs if q["order"] == "ab"]
                 single += sum((q["p_a"] > 0.5) == (want == 0) for q in first) / len(first)
                 f, c = position_flips(qs)
                 flips, comparisons = flips + f, comparisons + c
-            out[kind] = {"agreement": agree / pairs_per_type, "agreement_one_order": single / pairs_per_type,
-                         "position_bias": flips / comparisons if comparisons else None, "pairs": pairs_per_type}
+            out[kind] = {
+                "agreement": agree / pairs_per_type,
+                "agreement_one_order": single / pairs_per_type,
+                "position_bias": flips / comparisons if comparisons else None,
+                "pairs": pairs_per_type,
+            }
     finally:
         if own:
             backend.close()

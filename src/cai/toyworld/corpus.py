@@ -82,7 +82,11 @@ class Mix:
     earlier: tuple[float, ...] = (0.55, 0.3, 0.15)  # P(0, 1, 2 earlier exchanges before the request)
     # How a request is asked: template families (world.FAMILIES) and their weights.
     families: tuple[tuple[str, float], ...] = (
-        ("sl", 0.3), ("rl", 0.2), ("heldout_phrasing", 0.2), ("jailbreak", 0.15), ("heldout_jailbreak", 0.15),
+        ("sl", 0.3),
+        ("rl", 0.2),
+        ("heldout_phrasing", 0.2),
+        ("jailbreak", 0.15),
+        ("heldout_jailbreak", 0.15),
     )
     redteam_examples: tuple[int, int] = (2, 5)  # k, inclusive range
     p_topic: float = 0.6  # red-team questions that name a harm category
@@ -244,8 +248,9 @@ def redteam_conversation(rng: random.Random, mix: Mix) -> Item:
     return Item("redteam", conv, len(conv) - 1)
 
 
-def build(constitution: Constitution, mix: Mix = Mix(), seed: int = 0) -> list[Item]:
-    """The whole corpus, shuffled; the same for the same constitution, mix and seed."""
+def build(constitution: Constitution, mix: Mix | None = None, seed: int = 0) -> list[Item]:
+    """The whole corpus, shuffled; the same for the same constitution, mix (default: Mix()) and seed."""
+    mix = mix or Mix()
     rng = random.Random(seed)
     items = [dialogue(rng, constitution, mix) for _ in range(mix.dialogues)]
     items += [critique_conversation(rng, constitution, mix) for _ in range(mix.critiques)]

@@ -220,8 +220,11 @@ def train(out_dir: Path, seed: int = 0, config: TrainConfig | None = None, const
     longest = max(len(ids) for ids, _ in encoded)
     if longest > config.shape.max_position_embeddings:
         raise ValueError(f"a corpus conversation has {longest} tokens, over max_position_embeddings")
-    print(f"[toyworld] corpus: {len(convs):,} conversations, {n_tokens:,} tokens ({n_loss:,} with loss), "
-          f"longest {longest}; vocab {len(tokenizer):,}; built in {time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+        f"[toyworld] corpus: {len(convs):,} conversations, {n_tokens:,} tokens ({n_loss:,} with loss), "
+        f"longest {longest}; vocab {len(tokenizer):,}; built in {time.perf_counter() - t0:.0f}s",
+        flush=True,
+    )
 
     model = build_model(tokenizer, config.shape)
     n_params = sum(p.numel() for p in model.parameters())
@@ -232,7 +235,9 @@ def train(out_dir: Path, seed: int = 0, config: TrainConfig | None = None, const
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98), eps=1e-8,
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
 
     def lr_at(step: int) -> float:
@@ -259,16 +264,27 @@ def train(out_dir: Path, seed: int = 0, config: TrainConfig | None = None, const
         run_loss += loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             dt = time.perf_counter() - t1
-            print(f"[toyworld] step {step + 1}/{steps}  loss {run_loss / log_every:.4f}  "
-                  f"lr {lr_at(step):.2e}  {seen / dt:,.0f} tok/s  {dt:.0f}s", flush=True)
+            print(f"[toyworld] step {step + 1}/{steps}  loss {run_loss / log_every:.4f}  lr {lr_at(step):.2e}  {seen / dt:,.0f} tok/s  {dt:.0f}s", flush=True)
             run_loss = 0.0
 
     model.eval()
-    save(model, tokenizer, out_dir, config, stats={
-        "conversations": len(convs), "tokens": n_tokens, "loss_tokens": n_loss, "parameters": n_params,
-        "steps": steps, "train_seconds": round(time.perf_counter() - t1, 1), "total_seconds": round(time.perf_counter() - t0, 1),
-        "torch": torch.__version__, "threads": config.threads,
-    })
+    save(
+        model,
+        tokenizer,
+        out_dir,
+        config,
+        stats={
+            "conversations": len(convs),
+            "tokens": n_tokens,
+            "loss_tokens": n_loss,
+            "parameters": n_params,
+            "steps": steps,
+            "train_seconds": round(time.perf_counter() - t1, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "torch": torch.__version__,
+            "threads": config.threads,
+        },
+    )
     print(f"[toyworld] saved to {out_dir} in {time.perf_counter() - t0:.0f}s total", flush=True)
     return out_dir
 
@@ -278,9 +294,7 @@ def save(model, tokenizer, out_dir: Path, config: TrainConfig, stats: dict) -> N
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=256
-    )
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=256)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "toyworld_train.json").write_text(json.dumps({"config": asdict(config), "stats": stats}, indent=2, default=str) + "\n")
