@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cai.config import load_config
+from cai.constitution import load_constitution
 from cai.errors import InputError
 from cai.records import Generation
 from cai.rundir import red_team_sources
@@ -142,3 +143,23 @@ def test_nothing_surviving_the_filters_is_an_input_error(tmp_path):
 
     with pytest.raises(InputError, match="no generated prompt survived the filters"):
         redteam.run(load_config(config_file(tmp_path)), backend=Parrot())
+
+
+def test_cai_redteam_on_the_toy_world_config_without_a_redteam_section(tmp_path, capsys, monkeypatch):
+    """`cai redteam configs/toyworld.yaml`: offline, on the shipped model, with the default settings
+    (the config has no redteam section, so `cai run` does not use the prompts). The default is 256
+    requests; 16 here, for time."""
+    from cai.config import Redteam
+
+    cfg = load_config(ROOT / "configs" / "toyworld.yaml", [f"run_dir={tmp_path / 'run'}"])
+    assert cfg.redteam is None and red_team_sources(cfg) == [cfg.prompts.red_team]
+    monkeypatch.setattr(redteam, "Redteam", lambda: Redteam(requests=16, batch_size=16))
+    out = redteam.run(cfg)
+    assert "no redteam section in the config: default settings" in capsys.readouterr().out
+    rows = read_jsonl(out / "prompts.jsonl")
+    with __import__("cai.store", fromlist=["RunStore"]).RunStore(cfg.run_dir) as store:
+        summary = store.stage("redteam")["summary"]
+    assert summary["requests"] == 16 and len(rows) == summary["kept"] > 0
+    for row in rows:  # provenance: the seed prompts shown (train prompts only) and the topic
+        assert len(row["shown"]) == 4 and row["topic"] in (None, *load_constitution(cfg.constitution).topics)
+        assert row["prompt"] and row["prompt"] not in row["shown"]

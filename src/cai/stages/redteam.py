@@ -36,7 +36,7 @@ from typing import Any
 
 from cai import dedup
 from cai.backends import Backend, make_backend
-from cai.config import Config
+from cai.config import Config, Redteam
 from cai.console import progress
 from cai.constitution import load_constitution
 from cai.errors import InputError
@@ -135,8 +135,9 @@ def evaluation_prompts(config: Config) -> list[Prompt]:
 
 
 def run(config: Config, backend: Backend | None = None, force: bool = False) -> Path:
-    if config.redteam is None:
-        raise InputError("redteam: the config has no redteam section (add `redteam: {}` for the defaults)")
+    if config.redteam is None:  # `cai redteam` on a config without the section: the defaults
+        print("[redteam] no redteam section in the config: default settings; add `redteam: {}` so that `cai run` and critique use the prompts", flush=True)
+        config = config.model_copy(update={"redteam": Redteam()})
     r = config.redteam
     rd = RunDir(config.run_dir)
     spec = starting_model(config, STAGE) if backend is None else None
