@@ -35,12 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONSTITUTION = ROOT / "constitutions" / "default.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: one thread avoids OpenMP waits on a busy machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def env() -> dict[str, str]:

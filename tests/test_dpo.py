@@ -22,12 +22,7 @@ from cai.stages import dpo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: one thread avoids OpenMP waits on a busy machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def write_preferences(run_dir: Path, p_values: list[float]) -> None:

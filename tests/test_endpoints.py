@@ -14,7 +14,6 @@ import time
 from collections import Counter
 
 import pytest
-import torch
 from openai_server import OpenAIServer, build_tiny_model
 
 from cai.backends.endpoints import Endpoints
@@ -27,12 +26,7 @@ KEY = "sk-endpoints-test"
 KEY_ENV = "CAI_TEST_ENDPOINTS_KEY"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FILLER = "the answer is you should help with that here are steps first then finally sure i can".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: one thread avoids OpenMP waits on a busy machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def write_preferences(run_dir: Path, n: int, seed: int = 0) -> None:

@@ -19,14 +19,7 @@ from cai.store import RunStore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: OpenMP's barrier waits dominate on a busy 2-core machine (a 32-wide layer
-    # took 15 ms on 2 threads, 0.01 ms on 1).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def write_records(run_dir: Path, n: int) -> None:
