@@ -532,11 +532,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_slowly(self, status: int, data: bytes, headers: dict) -> None:
         """The whole reply, one byte every trickle_s, until done, released or hung up on."""
         try:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
+            self._head(status, headers, len(data))
             for i in range(len(data)):
                 self.wfile.write(data[i : i + 1])
                 self.wfile.flush()
@@ -550,23 +546,25 @@ class _Handler(BaseHTTPRequestHandler):
         50 MB, until the client hangs up."""
         chunk = b'{"choices": [{"message": {"content": "' + b"x" * 65536
         try:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
+            self._head(status, headers)
             while self.app.stream_bytes_sent < 50_000_000 and not self.app._release.is_set():
                 self.wfile.write(chunk)
                 self.app.stream_bytes_sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _head(self, status: int, headers: dict, length: int | None = None) -> None:
+        """Status line and headers (with Content-Length when the body's length is given)."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
     def _send(self, status: int, data: bytes, headers: dict) -> None:
         try:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
+            self._head(status, headers, len(data))
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timed out) before the answer
